@@ -1,0 +1,11 @@
+"""The export half (needs the [export] extra: torch, transformers, onnx, sentencepiece).
+
+Heavy imports stay inside the functions that need them, so this package imports cheaply.
+"""
+
+from __future__ import annotations
+
+from .build import ExportOptions, ExportResult, export_bundle
+from .verify import VerifyReport, verify_bundle
+
+__all__ = ["ExportOptions", "ExportResult", "VerifyReport", "export_bundle", "verify_bundle"]

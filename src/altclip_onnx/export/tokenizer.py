@@ -1,0 +1,115 @@
+"""The bundle's tokenizer.json: taken from the checkpoint, converted from sentencepiece, or a placeholder.
+
+The runtime needs only the ``tokenizers`` library and this one file; the ids must be XLM-R's
+(fairseq offset: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, other pieces = sentencepiece id + 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import unicodedata
+from pathlib import Path
+
+from ..bundle import TextSpec
+from ..errors import SourceError
+
+log = logging.getLogger(__name__)
+
+SPECIALS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+
+
+def checkpoint_tokenizer_json(folder: Path) -> str:
+    """The checkpoint's own tokenizer.json, else one converted from its sentencepiece.bpe.model."""
+    own = folder / "tokenizer.json"
+    if own.is_file():
+        return own.read_text(encoding="utf-8")
+    spm = folder / "sentencepiece.bpe.model"
+    if not spm.is_file():
+        raise SourceError(f"{folder}: no tokenizer (neither tokenizer.json nor sentencepiece.bpe.model)")
+    return convert_sentencepiece(spm)
+
+
+def convert_sentencepiece(spm: Path) -> str:
+    """Convert XLM-R's sentencepiece model with transformers' converter (ids get the fairseq offset).
+
+    ``XLMRobertaTokenizer.from_pretrained`` on a folder holding only the .model file converts it
+    correctly; ``XLMRobertaTokenizer(vocab_file=...)`` silently maps every piece to ``<unk>`` in
+    transformers 5, so it is not used.
+    """
+    import shutil
+
+    from transformers import XLMRobertaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(spm, Path(tmp) / "sentencepiece.bpe.model")
+        try:
+            tokenizer = XLMRobertaTokenizer.from_pretrained(tmp)
+        except Exception as exc:
+            raise SourceError(f"{spm}: not a readable sentencepiece model ({exc})") from None
+        return tokenizer.backend_tokenizer.to_str()
+
+
+def check_tokenizer(tokenizer_json: str, text: TextSpec, where: str) -> None:
+    """Refuse a tokenizer whose special ids or vocabulary do not fit the text tower."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_str(tokenizer_json)
+    except Exception as exc:
+        raise SourceError(f"{where}: tokenizer.json is not readable by tokenizers ({exc})") from None
+    for token, expected in SPECIALS.items():
+        got = tokenizer.token_to_id(token)
+        if got != expected:
+            raise SourceError(f"{where}: tokenizer maps {token} to {got}, XLM-R needs {expected}; wrong tokenizer")
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > text.vocab_size:
+        raise SourceError(
+            f"{where}: tokenizer has {size} tokens but the text tower's vocabulary is {text.vocab_size}; wrong tokenizer"
+        )
+
+
+def configure_tokenizer(tokenizer_json: str, text: TextSpec) -> str:
+    """Bake truncation and padding into tokenizer.json, consistent with the manifest.
+
+    Truncation keeps ``</s>``: the template post-processor reserves room for both special tokens.
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.enable_truncation(max_length=text.max_length)
+    tokenizer.enable_padding(pad_id=text.pad_id, pad_token="<pad>")
+    return tokenizer.to_str()
+
+
+# A few lines in many scripts: the placeholder tokenizer's pieces are their characters.
+PLACEHOLDER_TEXT = (
+    "a photo of a cat. the quick brown fox jumps over the lazy dog 0123456789 "
+    "一张猫的照片 日本語の写真です 고양이 사진 ภาพถ่ายของแมว बिल्ली की तस्वीर фото кота "
+    "صورة قطة kedi fotoğrafı ảnh con mèo zdjęcie kota foto van een kat foto de um gato "
+    "foto di un gatto foto de un gato Foto einer Katze photo d'un chat ÄÖÜßéèêàçñ"
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ!?,;:'\"()[]{}-_+=*/\\&%$#@~`^|<>"
+)
+
+
+def placeholder_tokenizer_json() -> str:
+    """An XLM-R-shaped unigram tokenizer over single characters, for ``--random-init`` bundles.
+
+    Same special ids, normalisation style and template as XLM-R, so the runtime path is exercised
+    exactly; the pieces are characters because no real vocabulary is available offline.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    chars = sorted({unicodedata.normalize("NFKC", c) for c in PLACEHOLDER_TEXT if not c.isspace()})
+    pieces = [("▁", -2.0)] + [(c, -5.0) for c in chars] + [("▁" + c, -4.0) for c in chars]
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + pieces + [("<mask>", 0.0)]
+    tokenizer = Tokenizer(Unigram(vocab, unk_id=3, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tokenizer.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    return tokenizer.to_str()
