@@ -70,8 +70,9 @@ class Case:
 
     @property
     def shape(self) -> str:
+        """batch for images, batch x sequence for text."""
         first = next(iter(self.inputs.values()))
-        return "x".join(str(d) for d in first.shape[:2])
+        return "x".join(str(d) for d in first.shape[: 1 if self.tower == VISUAL else 2])
 
 
 def sample_images() -> list[Any]:
@@ -228,6 +229,10 @@ class VerifyReport:
                 if ops:
                     listed = ", ".join(f"{op} {n}" for op, n in sorted(ops.items()))
                     lines.append(f"fused ops, {tower} {precision}: {listed}")
+        sensitivity = self.extra.get("max_cosine_between_inputs", {})
+        if sensitivity:
+            listed = ", ".join(f"{tower} {value:.4f}" for tower, value in sensitivity.items())
+            lines.append(f"largest cosine between unrelated inputs (reference): {listed}")
         lines += [f"FAILED: {f}" for f in self.failures]
         lines.append("verification passed" if self.passed else "verification FAILED")
         return "\n".join(lines)
