@@ -205,9 +205,9 @@ def flagai_checkpoint(tmp_path_factory: pytest.TempPathFactory, spm_model: Path)
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, transformers_checkpoint: Path) -> Path:
-    """The transformers-layout checkpoint exported (and verified) once per test session."""
+    """The transformers-layout checkpoint exported (fp32, int8, fp16; verified) once per test session."""
     from altclip_onnx.export import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(str(transformers_checkpoint), out, ExportOptions())
+    export_bundle(str(transformers_checkpoint), out, ExportOptions(precisions=("fp32", "int8", "fp16")))
     return out

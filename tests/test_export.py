@@ -52,7 +52,7 @@ def test_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
     assert manifest.source["kind"] == "transformers"
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest.exported_with)
     for tower in (VISUAL, TEXTUAL):
-        assert manifest.precisions(tower) == ["fp32"]
+        assert manifest.precisions(tower) == ["fp32", "int8", "fp16"]
         assert (tiny_bundle / manifest.towers[tower]["fp32"].path).is_file()
     for name in ("manifest.json", "verify.json", "visual/model.onnx", "visual/preprocessor_config.json",
                  "textual/model.onnx", "textual/tokenizer.json"):
@@ -74,7 +74,9 @@ def test_verify_report_passes_with_real_numbers(tiny_bundle: Path) -> None:
     assert {r["tower"] for r in rows} == {VISUAL, TEXTUAL}
     assert any(r["shape"].startswith("8x") for r in rows if r["tower"] == TEXTUAL)
     assert any(int(r["shape"].split("x")[1]) >= 300 for r in rows if r["tower"] == TEXTUAL)
-    for row in rows:
+    fp32 = [r for r in rows if r["precision"] == "fp32"]
+    assert len(fp32) == 16
+    for row in fp32:
         assert row["max_abs_diff"] <= 1e-4 * max(1.0, row["max_abs_reference"])
         assert row["min_cosine"] >= 0.99999
     # Input-sensitive weights: different inputs must embed clearly apart, or parity proves nothing.
@@ -249,7 +251,8 @@ def tiny_architecture(variant: str) -> dict:
 def test_random_init_rebuilds_from_seed_and_verifies(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(sources, "architecture", tiny_architecture)
     out = tmp_path / "random"
-    result = export_bundle("m18", out, ExportOptions(random_init=True, seed=5))
+    # fp32 only: the int8/fp16 gates are tested on the tiny bundle (tests/test_optimize.py).
+    result = export_bundle("m18", out, ExportOptions(random_init=True, seed=5, precisions=("fp32",)))
     manifest = result.manifest
     assert manifest.source == {"name": "m18", "kind": "random-init", "seed": 5}
     assert manifest.logit_scale == pytest.approx(100.0, rel=1e-5)

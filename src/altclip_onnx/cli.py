@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -78,6 +78,9 @@ def step_printer() -> Callable[[str], None]:
 @click.option("--max-length", type=click.IntRange(3, 512), default=77, show_default=True,
               help="Default text truncation stored in the bundle (the text tower takes up to 512 tokens).")
 @click.option("--opset", type=click.IntRange(14, 21), default=17, show_default=True)
+@click.option("--precision", "precisions", default="fp32,int8", show_default=True,
+              help="Comma-separated variants to write: fp32 (always), int8 (CPUs), fp16 (GPUs).")
+@click.option("--no-optimize", is_flag=True, help="Write the plain, unfused export (for comparisons).")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with PyTorch.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @friendly_errors
@@ -89,6 +92,8 @@ def export(
     cache_dir: Path | None,
     max_length: int,
     opset: int,
+    precisions: str,
+    no_optimize: bool,
     no_verify: bool,
     overwrite: bool,
 ) -> None:
@@ -113,6 +118,8 @@ def export(
         random_init=random_init,
         seed=seed,
         cache_dir=str(cache_dir) if cache_dir else None,
+        precisions=parse_precisions(precisions),
+        optimize=not no_optimize,
     )
     result = export_bundle(source, output, options, progress=step_printer())
     if result.report is not None:
@@ -124,6 +131,17 @@ def export(
         f"wrote {result.bundle} ({size / 1e6:.1f} MB, {result.manifest.embedding_dim}-d embeddings) "
         f"in {result.seconds:.1f}s"
     )
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    from .bundle import PRECISIONS
+    from .errors import InputError
+
+    wanted = [p.strip().lower() for p in text.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in PRECISIONS]
+    if unknown:
+        raise InputError(f"--precision: unknown {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    return tuple(p for p in PRECISIONS if p in wanted or p == "fp32")
 
 
 @main.command()
@@ -165,6 +183,220 @@ def doctor() -> None:
     from .runtime.providers import doctor as collect, format_doctor
 
     click.echo(format_doctor(collect()))
+
+
+
+# --- embedding and classifying many inputs (runtime only: never imports torch or transformers) ----
+
+
+def encoder_options(func: F) -> F:
+    """--provider, --precision and --threads, shared by the commands that load an Encoder."""
+    func = click.option("--threads", type=click.IntRange(0), default=None,
+                        help="onnxruntime intra-op threads [default: one per physical core].")(func)
+    func = click.option("--precision", type=click.Choice(["auto", "fp32", "int8", "fp16"]), default="auto",
+                        show_default=True,
+                        help="auto: int8 on CPU, fp16 on CUDA/TensorRT (when the bundle has them).")(func)
+    func = click.option("--provider", default=None,
+                        help="cpu, cuda, tensorrt, coreml, openvino, directml or auto "
+                             "[default: $ONNX_PROVIDER, else auto].")(func)
+    return func
+
+
+def load_encoder(bundle: Path, provider: str | None, precision: str, threads: int | None) -> Any:
+    from .runtime.encoder import Encoder
+
+    return Encoder(bundle, provider=provider or os.environ.get("ONNX_PROVIDER") or None, precision=precision,
+                   threads=threads)
+
+
+def line_source(value: str) -> Any:
+    """A list file's path, or standard input for "-"."""
+    return sys.stdin if value == "-" else value
+
+
+def report_failures(failures: Any) -> None:
+    for failure in failures:
+        click.echo(f"failed: {failure}", err=True)
+
+
+def interrupted(output: Path) -> NoReturn:
+    from .runtime.pipeline import checkpoint_folder, output_files
+
+    partial = checkpoint_folder(output_files(output)[0])
+    if partial.exists():
+        click.echo(f"interrupted; finished rows are kept in {partial}: rerun the same command to resume", err=True)
+    else:
+        click.echo("interrupted; nothing was written", err=True)
+    sys.exit(130)
+
+
+def summary(report: Any, what: str) -> str:
+    resumed = f" ({report.resumed} resumed)" if report.resumed else ""
+    failed = f", {len(report.failures)} failed" if what == "images" else ""
+    return (
+        f"embedded {report.rows} {what}{resumed}{failed}, "
+        f"{report.per_second:.1f} {what}/s in {report.seconds:.1f}s; wrote {', '.join(map(str, report.outputs))}"
+    )
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="OUT.npy (+ OUT.paths.txt) or OUT.parquet.")
+@click.option("--from-file", metavar="LIST", help="Images or folders, one per line ('-': standard input).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
+              help="Threads that decode images while the model runs (0: none).")
+@encoder_options
+@click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale: much faster for big photos, not exact.")
+@click.option("--no-normalize", is_flag=True, help="Raw get_image_features instead of L2-normalized embeddings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@friendly_errors
+def embed(bundle: Path, paths: tuple[Path, ...], output: Path, from_file: str | None, batch_size: int,
+          workers: int, provider: str | None, precision: str, threads: int | None, draft: bool,
+          no_normalize: bool, overwrite: bool) -> None:
+    """Embed images (files, folders walked recursively, or a list) into OUT.
+
+    An interrupted run resumes where it stopped when run again. Files that cannot be read are
+    listed on stderr with the reason and skipped; the exit code is then 2.
+    """
+    from .runtime.pipeline import EmbedOptions, embed_images_to_file, iter_image_files
+
+    if not paths and from_file is None:
+        raise click.UsageError("give at least one PATH or --from-file")
+    encoder = load_encoder(bundle, provider, precision, threads)
+    files = iter_image_files(paths, from_file=line_source(from_file) if from_file else None)
+    options = EmbedOptions(batch_size=batch_size, workers=workers, draft=draft, normalize=not no_normalize,
+                           overwrite=overwrite)
+    try:
+        report = embed_images_to_file(encoder, files, output, options)
+    except KeyboardInterrupt:
+        interrupted(output)
+    report_failures(report.failures)
+    click.echo(summary(report, "images"))
+    if report.failures:
+        sys.exit(2)
+
+
+@main.command("embed-text")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="OUT.npy (+ OUT.texts.jsonl) or OUT.parquet.")
+@click.option("--from-file", metavar="LIST", help="Texts, one per line ('-': standard input).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@encoder_options
+@click.option("--no-normalize", is_flag=True, help="Raw get_text_features instead of L2-normalized embeddings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@friendly_errors
+def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: str | None, batch_size: int,
+               provider: str | None, precision: str, threads: int | None, no_normalize: bool,
+               overwrite: bool) -> None:
+    """Embed TEXTs (or a file of texts, one per line; a lone '-' reads standard input) into OUT.
+
+    Blank lines are skipped. OUT.texts.jsonl holds each text as a JSON string, one per line.
+    """
+    import itertools
+
+    from .runtime.pipeline import EmbedOptions, embed_texts_to_file, iter_lines
+
+    sources: list[Any] = []
+    if texts == ("-",):
+        sources.append(iter_lines(sys.stdin))
+    else:
+        sources.append(iter(texts))
+    if from_file is not None:
+        sources.append(iter_lines(line_source(from_file)))
+    if not texts and from_file is None:
+        raise click.UsageError("give at least one TEXT, '-' or --from-file")
+    encoder = load_encoder(bundle, provider, precision, threads)
+    options = EmbedOptions(batch_size=batch_size, normalize=not no_normalize, overwrite=overwrite)
+    try:
+        report = embed_texts_to_file(encoder, itertools.chain(*sources), output, options)
+    except KeyboardInterrupt:
+        interrupted(output)
+    click.echo(summary(report, "texts"))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--labels", "label_lists", multiple=True, metavar="A,B,C", help="Comma-separated labels (repeatable).")
+@click.option("--label", "single_labels", multiple=True, metavar="LABEL",
+              help="One label, commas allowed (repeatable).")
+@click.option("--template", "templates", multiple=True, metavar="TEXT",
+              help="Prompt with {} for the label (repeatable) [default: 5 English CLIP templates].")
+@click.option("--top", type=click.IntRange(1), default=3, show_default=True,
+              help="Labels shown per image in the table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: [{path, probabilities: {label: p}}] with every label.")
+@click.option("--from-file", metavar="LIST", help="Images or folders, one per line ('-': standard input).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True)
+@encoder_options
+@click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale (faster for big photos).")
+@friendly_errors
+def classify(bundle: Path, images: tuple[Path, ...], label_lists: tuple[str, ...], single_labels: tuple[str, ...],
+             templates: tuple[str, ...], top: int, as_json: bool, from_file: str | None, batch_size: int,
+             workers: int, provider: str | None, precision: str, threads: int | None, draft: bool) -> None:
+    """Zero-shot classify IMAGEs (files or folders) among the labels.
+
+    Probabilities are softmax(logit_scale x cosine(image, label)), each label embedded as the
+    mean of its templates. Exit code 2 when some images could not be read.
+    """
+    import json
+
+    from .runtime.pipeline import classify_images, iter_image_files, split_labels
+
+    labels = split_labels(label_lists, single_labels)
+    if not labels:
+        raise click.UsageError("give labels with --labels a,b,c or --label")
+    if not images and from_file is None:
+        raise click.UsageError("give at least one IMAGE or --from-file")
+    encoder = load_encoder(bundle, provider, precision, threads)
+    # Zero-shot classifier: [labels, D]. A future `--fewshot CACHE` option (issue 3) plugs in here,
+    # replacing or blending these rows with prototypes from cached labelled-image embeddings;
+    # everything below only needs a classifier matrix.
+    classifier = encoder.text_classifier(labels, list(templates) or None)
+    files = iter_image_files(images, from_file=line_source(from_file) if from_file else None)
+    results: list[tuple[str, Any]] = []
+    failures = []
+    for batch in classify_images(encoder, files, classifier, batch_size=batch_size, workers=workers, draft=draft):
+        failures.extend(batch.failures)
+        results.extend(zip(batch.items, batch.probabilities))
+    report_failures(failures)
+    if as_json:
+        rows = [{"path": path, "probabilities": {label: round(float(p), 6) for label, p in zip(labels, probs)}}
+                for path, probs in results]
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_classification(results, labels, top))
+    if failures:
+        sys.exit(2)
+
+
+def display_width(text: str) -> int:
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def pad(text: str, width: int) -> str:
+    return text + " " * max(width - display_width(text), 0)
+
+
+def format_classification(results: list[tuple[str, Any]], labels: list[str], top: int) -> str:
+    """A table: one row per image, its ``top`` labels with probabilities in %, best first."""
+    top = min(top, len(labels))
+    path_width = max([display_width("image"), *(display_width(path) for path, _ in results)])
+    label_width = max(display_width(label) for label in labels)
+    lines = [f"{pad('image', path_width)}  top {top} (probability)"]
+    for path, probs in results:
+        best = sorted(range(len(labels)), key=lambda i: -float(probs[i]))[:top]
+        cells = [f"{pad(labels[i], label_width)} {100 * float(probs[i]):5.1f}%" for i in best]
+        lines.append(f"{pad(path, path_width)}  " + "   ".join(cells))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,9 @@ after it verified, so a failed or interrupted export never leaves a half-written
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from ..bundle import (
     MANIFEST,
+    PRECISIONS,
     PREPROCESSOR,
     TEXTUAL,
     TOKENIZER,
@@ -23,9 +26,11 @@ from ..bundle import (
     Manifest,
     Variant,
     file_entry,
+    model_filename,
     staging_folder,
     write_json,
 )
+from ..errors import ExportError
 from . import towers as tower_export
 from .sources import LoadedModel, load_model, resolve_source
 from .verify import VerifyReport, check_bundle, raise_if_failed, reference_outputs, verification_cases, write_report
@@ -42,6 +47,8 @@ class ExportOptions:
     random_init: bool = False
     seed: int = 0
     cache_dir: str | None = None
+    precisions: tuple[str, ...] = ("fp32", "int8")  # fp32 is always written: it is the reference variant
+    optimize: bool = True  # fuse with onnxruntime's transformer optimizer; False gives the plain export
 
 
 @dataclass
@@ -93,20 +100,67 @@ def export_bundle(
             report = check_bundle(stage, reference, cases, manifest=manifest)
             write_report(stage, report)
             raise_if_failed(report, output)
+            manifest = record_accuracy(stage, manifest, report)
     return ExportResult(output, manifest, report, time.perf_counter() - started, loaded.notes)
 
 
 def write_graphs(loaded: LoadedModel, stage: Path, options: ExportOptions, progress: Callable[[str], None]) -> Manifest:
-    """Export both towers into ``stage``, then checksum everything and write the manifest."""
+    """Export both towers into ``stage`` with every requested precision; checksum; write the manifest."""
+    import tempfile
+
+    from . import optimize
+
+    unknown = set(options.precisions) - set(PRECISIONS)
+    if unknown:
+        raise ExportError(f"unknown precision {', '.join(sorted(unknown))}: choose from {', '.join(PRECISIONS)}")
     variants: dict[str, dict[str, Variant]] = {}
     for tower in TOWERS:
-        progress(f"exporting the {tower} tower")
-        files = tower_export.export_tower(loaded.model, tower, stage / tower / "model.onnx", opset=options.opset)
-        rel = [f.relative_to(stage).as_posix() for f in files]
-        variants[tower] = {"fp32": Variant("fp32", rel[0], tuple(rel))}
+        config = loaded.model.config.vision_config if tower == VISUAL else loaded.model.config.text_config
+        fp32 = stage / tower / model_filename("fp32")
+        written: dict[str, list[Path]] = {}
+        with tempfile.TemporaryDirectory(prefix=".raw-", dir=stage) as raw_dir:
+            progress(f"exporting the {tower} tower")
+            raw = tower_export.export_tower(loaded.model, tower, Path(raw_dir) / "model.onnx", opset=options.opset)
+            if options.optimize:
+                progress(f"optimizing the {tower} tower")
+                written["fp32"] = optimize.optimize_graph(
+                    raw[0], fp32, tower, num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size)
+                )
+            else:
+                # The raw export is already named model.onnx (+ model.onnx.data): move it as it is.
+                written["fp32"] = [Path(shutil.move(str(f), fp32.parent / f.name)) for f in raw]
+        if "int8" in options.precisions:
+            progress(f"quantizing the {tower} tower to int8")
+            written["int8"] = optimize.quantize_int8(fp32, stage / tower / model_filename("int8"))
+        if "fp16" in options.precisions:
+            progress(f"converting the {tower} tower to fp16")
+            written["fp16"] = optimize.convert_fp16(fp32, stage / tower / model_filename("fp16"))
+        variants[tower] = {}
+        for precision, files in written.items():
+            rel = [f.relative_to(stage).as_posix() for f in files]
+            variants[tower][precision] = Variant(precision, rel[0], tuple(rel), fused_ops=optimize.count_ops(files[0]))
     progress("checksumming")
     files = {rel: file_entry(stage, rel) for rel in bundle_files(variants)}
     manifest = make_manifest(loaded, options, towers=variants, files=files)
+    write_json(stage / MANIFEST, manifest.to_json())
+    return manifest
+
+
+def record_accuracy(stage: Path, manifest: Manifest, report: VerifyReport) -> Manifest:
+    """Store the accuracy verify measured in each variant's manifest entry."""
+    agreement = report.extra.get("zero_shot_agreement", {})
+    towers = {
+        tower: {
+            precision: dataclasses.replace(
+                variant,
+                accuracy={**report.summary(tower, precision),
+                          **({"zero_shot_top1_agreement": agreement[precision]} if precision in agreement else {})},
+            )
+            for precision, variant in by_precision.items()
+        }
+        for tower, by_precision in manifest.towers.items()
+    }
+    manifest = dataclasses.replace(manifest, towers=towers)
     write_json(stage / MANIFEST, manifest.to_json())
     return manifest
 

@@ -136,7 +136,6 @@ def export_tower(model: Any, tower: str, destination: Path, *, opset: int = DEFA
         # Re-save: the exporter scatters >2 GB models over one file per tensor; the bundle keeps either
         # one self-contained graph or one graph plus one model.onnx.data.
         proto = onnx.load(str(raw), load_external_data=True)
-        proto.producer_name = "altclip-onnx"
         return save_model(proto, destination, external=weight_bytes > EXTERNAL_DATA_THRESHOLD)
 
 

@@ -229,6 +229,12 @@ class VerifyReport:
                 if ops:
                     listed = ", ".join(f"{op} {n}" for op, n in sorted(ops.items()))
                     lines.append(f"fused ops, {tower} {precision}: {listed}")
+        for precision, zs in self.extra.get("zero_shot_agreement", {}).items():
+            rate = "n/a (no confident case)" if zs["agreement"] is None else f"{zs['agreement']:.1%}"
+            lines.append(
+                f"zero-shot top-1 agreement with fp32, {precision}: {rate} over {zs['confident_cases']} confident "
+                f"of {zs['all_cases']} cases ({zs['agreement_all_cases']:.1%} over all)"
+            )
         sensitivity = self.extra.get("max_cosine_between_inputs", {})
         if sensitivity:
             listed = ", ".join(f"{tower} {value:.4f}" for tower, value in sensitivity.items())
@@ -332,12 +338,56 @@ def check_bundle(
             report.fused_ops.setdefault(tower, {})[precision] = dict(variant.fused_ops)
     if report.failures:
         return report
+    agreement = {}
     for precision in wanted:
-        rows, failures = compare(cases, reference, onnx_outputs(bundle, manifest, precision, cases), precision)
+        outputs = onnx_outputs(bundle, manifest, precision, cases)
+        rows, failures = compare(cases, reference, outputs, precision)
         report.rows += rows
         report.failures += failures
+        if precision != "fp32":
+            agreement[precision] = zero_shot_agreement(reference, outputs, cases, manifest.logit_scale)
+            rate = agreement[precision]["agreement"]
+            if rate is not None and rate < ZERO_SHOT_AGREEMENT:
+                report.failures.append(
+                    f"{precision}: zero-shot top-1 agrees with fp32 on {rate:.1%} of confident cases "
+                    f"(< {ZERO_SHOT_AGREEMENT:.0%})"
+                )
     report.extra["max_cosine_between_inputs"] = input_sensitivity(reference, cases)
+    report.extra["zero_shot_agreement"] = agreement
     return report
+
+
+ZERO_SHOT_AGREEMENT = 0.98  # top-1 agreement with fp32 over confident cases
+ZERO_SHOT_MARGIN = 0.05  # fp32's top label must lead the runner-up by this much probability to count
+
+
+def zero_shot_agreement(
+    reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]], cases: list[Case], logit_scale: float
+) -> dict[str, Any]:
+    """Zero-shot top-1 of each image over the multilingual sentences as labels: variant vs fp32 reference.
+
+    Near-ties (fp32's top label leads by less than ZERO_SHOT_MARGIN) are excluded; with none left the
+    agreement is None (reported as n/a), as happens with random weights.
+    """
+
+    def probabilities(outputs: list[dict[str, np.ndarray]]) -> np.ndarray:
+        images = np.concatenate([o["image_embeds_norm"] for o, c in zip(outputs, cases) if c.name == "photos b8"])
+        texts = np.concatenate([o["text_embeds_norm"] for o, c in zip(outputs, cases) if c.name.startswith("18 ")])
+        logits = logit_scale * images.astype(np.float64) @ texts.T.astype(np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    ref, got = probabilities(reference), probabilities(actual)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) >= ZERO_SHOT_MARGIN
+    agree = ref.argmax(axis=1) == got.argmax(axis=1)
+    counted = int(confident.sum())
+    return {
+        "confident_cases": counted,
+        "all_cases": int(len(ref)),
+        "agreement": float(agree[confident].mean()) if counted else None,
+        "agreement_all_cases": float(agree.mean()),
+    }
 
 
 def verify_bundle(
