@@ -7,6 +7,7 @@ Importing this package never imports torch or transformers.
 from __future__ import annotations
 
 from .bundle import FORMAT_VERSION, Manifest, check_integrity, read_manifest
+from .runtime.encoder import DEFAULT_TEMPLATES, Encoder
 from .errors import (
     AltclipOnnxError,
     BundleError,
@@ -20,7 +21,9 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_TEMPLATES",
     "FORMAT_VERSION",
+    "Encoder",
     "AltclipOnnxError",
     "BundleError",
     "ExportError",

@@ -20,33 +20,30 @@ SPECIALS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
 
 
 def checkpoint_tokenizer_json(folder: Path) -> str:
-    """The checkpoint's own tokenizer.json, else one converted from its sentencepiece.bpe.model."""
-    own = folder / "tokenizer.json"
-    if own.is_file():
-        return own.read_text(encoding="utf-8")
-    spm = folder / "sentencepiece.bpe.model"
-    if not spm.is_file():
-        raise SourceError(f"{folder}: no tokenizer (neither tokenizer.json nor sentencepiece.bpe.model)")
-    return convert_sentencepiece(spm)
+    """The checkpoint's tokenizer as transformers 5 loads it, serialized for the ``tokenizers`` runtime.
 
-
-def convert_sentencepiece(spm: Path) -> str:
-    """Convert XLM-R's sentencepiece model with transformers' converter (ids get the fairseq offset).
-
-    ``XLMRobertaTokenizer.from_pretrained`` on a folder holding only the .model file converts it
-    correctly; ``XLMRobertaTokenizer(vocab_file=...)`` silently maps every piece to ``<unk>`` in
-    transformers 5, so it is not used.
+    A checkpoint's own tokenizer.json is not copied as it is: transformers 5 rebuilds XLM-R's
+    normalizer and pre-tokenizer on load, and older files (transformers 4 style) tokenize whitespace
+    differently (whitespace-only text gave an extra piece). Loading through transformers and saving
+    its backend gives the runtime exactly what transformers computes. A folder with only
+    ``sentencepiece.bpe.model`` is converted the same way (``XLMRobertaTokenizer(vocab_file=...)`` would
+    silently map every piece to ``<unk>`` in transformers 5, so ``from_pretrained`` on a folder is used).
     """
     import shutil
 
     from transformers import XLMRobertaTokenizer
 
+    names = [n for n in ("tokenizer.json", "sentencepiece.bpe.model") if (folder / n).is_file()]
+    if not names:
+        raise SourceError(f"{folder}: no tokenizer (neither tokenizer.json nor sentencepiece.bpe.model)")
+    # Only the vocabulary files: a checkpoint's tokenizer_config.json may carry unrelated settings.
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(spm, Path(tmp) / "sentencepiece.bpe.model")
+        for name in names:
+            shutil.copy(folder / name, Path(tmp) / name)
         try:
             tokenizer = XLMRobertaTokenizer.from_pretrained(tmp)
         except Exception as exc:
-            raise SourceError(f"{spm}: not a readable sentencepiece model ({exc})") from None
+            raise SourceError(f"{folder / names[0]}: not a readable XLM-R tokenizer ({exc})") from None
         return tokenizer.backend_tokenizer.to_str()
 
 

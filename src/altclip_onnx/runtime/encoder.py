@@ -1,0 +1,255 @@
+"""The Encoder: a bundle loaded for use. Images and texts in, normalized embeddings and probabilities out.
+
+Needs only onnxruntime, tokenizers, numpy and Pillow. Sessions and the tokenizer load lazily, so a
+text-only user never loads the image tower.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import PRECISIONS, TEXTUAL, TOKENIZER, TOWER_OUTPUTS, VISUAL, Manifest, read_manifest
+from ..errors import BundleError, InputError
+from .images import ImageInput, preprocess_batch
+from .providers import CPU, choose_providers, make_session
+
+log = logging.getLogger(__name__)
+
+# Prompt ensembling as in CLIP: each label is embedded in several sentences and the normalized
+# embeddings are averaged. English templates work for labels in any language (AltCLIP was trained on
+# code-mixed pairs too); pass your own, e.g. ["一张{}的照片"], to prompt in the labels' language.
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "a close-up photo of a {}.",
+    "a photo of the {}.",
+    "{}",
+)
+
+# Which precision "auto" takes, per execution provider, when the bundle has it.
+AUTO_PRECISION = {
+    CPU: ("int8", "fp32"),
+    "CUDAExecutionProvider": ("fp16", "fp32"),
+    "TensorrtExecutionProvider": ("fp16", "fp32"),
+}
+
+
+def pick_precision(manifest: Manifest, tower: str, requested: str, provider: str) -> str:
+    """The precision variant to load for one tower: a pure function of bundle, request and provider."""
+    available = manifest.precisions(tower)
+    if not available:
+        raise BundleError(f"the bundle's manifest lists no {tower} model; re-export the bundle")
+    if requested == "auto":
+        for precision in AUTO_PRECISION.get(provider, ("fp32",)):
+            if precision in available:
+                return precision
+        return available[0]
+    if requested not in PRECISIONS:
+        raise InputError(f"unknown precision {requested!r}: choose auto, {', '.join(PRECISIONS)}")
+    if requested not in available:
+        raise InputError(
+            f"the bundle's {tower} tower has no {requested} variant (it has {', '.join(available)}); "
+            "re-export with --precision to add it"
+        )
+    return requested
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def fill_templates(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
+    for template in templates:
+        if "{}" not in template:
+            raise InputError(f"template {template!r} has no {{}} where the label goes")
+    return [template.replace("{}", label) for label in labels for template in templates]
+
+
+class Encoder:
+    """Embed images and texts with an altclip-onnx bundle.
+
+    ``provider``: None or "auto" (best available), a short name (cpu, cuda, tensorrt, coreml, openvino,
+    directml) or a full onnxruntime provider name. ``precision``: "auto" (int8 on CPU and fp16 on
+    CUDA/TensorRT when the bundle has them), "fp32" (the reference), "int8" or "fp16".
+    ``threads``: onnxruntime intra-op threads (None: its default, one per physical core).
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str],
+        *,
+        provider: str | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        import onnxruntime
+
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle)
+        self.provider = provider
+        self.providers = choose_providers(onnxruntime.get_available_providers(), provider)
+        self.threads = threads
+        self.precisions = {
+            tower: pick_precision(self.manifest, tower, precision, self.providers[0]) for tower in (VISUAL, TEXTUAL)
+        }
+        self.max_length = self.manifest.text.max_length if max_length is None else max_length
+        if not 3 <= self.max_length <= self.manifest.text.model_max_length:
+            raise InputError(f"max_length must be 3..{self.manifest.text.model_max_length}, not {self.max_length}")
+        self._sessions: dict[str, Any] = {}
+        self._tokenizer: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder({str(self.bundle)!r}, variant={self.manifest.variant!r}, dim={self.embedding_dim}, "
+            f"providers={self.providers}, precisions={self.precisions})"
+        )
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.manifest.embedding_dim
+
+    @property
+    def logit_scale(self) -> float:
+        return self.manifest.logit_scale
+
+    def session(self, tower: str) -> Any:
+        if tower not in self._sessions:
+            variant = self.manifest.towers[tower][self.precisions[tower]]
+            self._sessions[tower] = make_session(self.bundle / variant.path, provider=self.provider, threads=self.threads)
+        return self._sessions[tower]
+
+    # --- text -------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            path = self.bundle / TOKENIZER
+            try:
+                tokenizer = Tokenizer.from_file(str(path))
+            except Exception as exc:
+                raise BundleError(f"{path}: not a readable tokenizer ({exc}); re-export the bundle") from None
+            tokenizer.enable_truncation(max_length=self.max_length)
+            tokenizer.enable_padding(pad_id=self.manifest.text.pad_id, pad_token="<pad>")
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    def tokenize(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
+        """XLM-R ids padded to the longest text (pad id 1, mask 0), truncated to max_length keeping ``</s>``."""
+        texts = check_texts(texts)
+        encodings = self.tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+
+    def encode_texts(self, texts: str | Sequence[str], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        """float32 [N, D]; L2-normalized unless ``normalize=False`` (then equal to get_text_features)."""
+        texts = check_texts(texts)
+        check_batch_size(batch_size)
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        # Sorting by length keeps padding (wasted work) small; results go back in the caller's order.
+        lengths = [len(t) for t in texts]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        output = TOWER_OUTPUTS[TEXTUAL][1 if normalize else 0]
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            inputs = self.tokenize([texts[i] for i in index])
+            out[index] = self.session(TEXTUAL).run([output], inputs)[0]
+        return out
+
+    # --- images -----------------------------------------------------------------------------------
+
+    def preprocess(self, images: ImageInput | Iterable[ImageInput], *, draft: bool = False) -> np.ndarray:
+        """float32 [N, 3, S, S], equal to CLIPImageProcessor (PIL backend) on the same decoded image."""
+        return preprocess_batch(as_list(images), self.manifest.image, draft=draft)
+
+    def encode_pixels(self, pixel_values: np.ndarray, *, normalize: bool = True) -> np.ndarray:
+        output = TOWER_OUTPUTS[VISUAL][1 if normalize else 0]
+        return self.session(VISUAL).run([output], {"pixel_values": pixel_values})[0]
+
+    def encode_images(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        batch_size: int = 8,
+        normalize: bool = True,
+        draft: bool = False,
+    ) -> np.ndarray:
+        """float32 [N, D] from paths, bytes, PIL images or HWC uint8 arrays; L2-normalized by default."""
+        check_batch_size(batch_size)
+        items = as_list(images)
+        parts = [np.empty((0, self.embedding_dim), dtype=np.float32)]
+        for start in range(0, len(items), batch_size):
+            pixels = preprocess_batch(items[start : start + batch_size], self.manifest.image, draft=draft)
+            parts.append(self.encode_pixels(pixels, normalize=normalize))
+        return np.concatenate(parts)
+
+    # --- zero-shot classification -----------------------------------------------------------------
+
+    def text_classifier(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+        """float32 [len(labels), D]: per label, the renormalized mean of its normalized template embeddings."""
+        labels = check_texts(labels, what="label")
+        if templates is None:
+            templates = DEFAULT_TEMPLATES
+        templates = [templates] if isinstance(templates, str) else list(templates)  # one string is one template
+        if not templates:
+            raise InputError("no templates given; pass None for the default ones")
+        embeds = self.encode_texts(fill_templates(labels, templates))
+        per_label = embeds.reshape(len(labels), len(templates), -1).mean(axis=1)
+        return l2_normalize(per_label)
+
+    def classify(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        *,
+        batch_size: int = 8,
+    ) -> np.ndarray:
+        """float32 [N, len(labels)] probabilities: softmax(logit_scale x cosine(image, label))."""
+        classifier = self.text_classifier(labels, templates)
+        return self.probabilities(self.encode_images(images, batch_size=batch_size), classifier)
+
+    def probabilities(self, image_embeds: np.ndarray, classifier: np.ndarray) -> np.ndarray:
+        return softmax(self.logit_scale * (l2_normalize(image_embeds) @ classifier.T))
+
+
+def as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike)) or hasattr(images, "getpixel"):
+        return [images]  # type: ignore[list-item]
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        return [images]
+    return list(images)  # type: ignore[arg-type]
+
+
+def check_texts(texts: str | Sequence[str], what: str = "text") -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    for text in texts:
+        if not isinstance(text, str):
+            raise InputError(f"every {what} must be a string, got {type(text).__name__}")
+    if what == "label" and not texts:
+        raise InputError("no labels given")
+    return texts
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, not {batch_size}")
