@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -46,7 +46,13 @@ def require_export_extra(feature: str) -> None:
     """The export half needs torch, transformers and onnx: say how to get them, in one line."""
     import importlib.util
 
-    missing = [m for m in ("torch", "transformers", "onnx", "sentencepiece") if importlib.util.find_spec(m) is None]
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # a broken or blocked install counts as missing
+            return True
+
+    missing = [m for m in ("torch", "transformers", "onnx", "sentencepiece") if absent(m)]
     if missing:
         raise MissingDependencyError(feature, "export", ", ".join(missing) + " missing")
 
@@ -177,6 +183,43 @@ def verify(bundle: Path, model_source: str | None, integrity: bool, precisions: 
 
 
 @main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "int8", "fp16"]),
+              help="Variants to time (default: all in the bundle).")
+@click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads [default: one per core].")
+@click.option("--provider", envvar="ONNX_PROVIDER", help="Execution provider (cpu, cuda, ...) [env: ONNX_PROVIDER].")
+@click.option("--tokens", type=click.IntRange(2, 512), default=16, show_default=True, help="Text length.")
+@click.option("--batch-sizes", default="8,32", show_default=True, help="Throughput batch sizes.")
+@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Interleaved rounds.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results as JSON.")
+@friendly_errors
+def bench(bundle: Path, precisions: tuple[str, ...], threads: int | None, provider: str | None, tokens: int,
+          batch_sizes: str, repeats: int, json_path: Path | None) -> None:
+    """Time the bundle's own variants side by side: latency, throughput, peak memory, size."""
+    from .bundle import atomic_path, read_manifest
+    from .errors import InputError
+    from .runtime import bench as runner
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise InputError(f"--batch-sizes: {batch_sizes!r} is not a comma-separated list of numbers") from None
+    manifest = read_manifest(bundle)
+    candidates = runner.bundle_candidates(bundle, precisions=list(precisions) or None, threads=threads,
+                                          provider=provider)
+    results = runner.measure(candidates, batch_sizes=sizes, tokens=tokens, image_size=manifest.image.size,
+                             vocab_size=manifest.text.vocab_size, repeats=repeats, progress=lambda m: click.echo(f"... {m}", err=True))
+    facts = runner.machine_facts(threads)
+    click.echo(f"{bundle}: {manifest.variant}, {facts['cpu']}, {facts['logical_cpus']} logical CPUs, "
+               f"threads: {facts['threads']}, onnxruntime {facts['onnxruntime']}, text {tokens} tokens\n")
+    click.echo(runner.format_markdown(results, baseline="fp32", batch_sizes=sizes))
+    if json_path is not None:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(runner.to_json(results, facts, {"tokens": tokens, "batch_sizes": list(sizes),
+                                                           "repeats": repeats, "provider": provider}))
+
+
+@main.command()
 @friendly_errors
 def doctor() -> None:
     """Show platform, onnxruntime flavour, providers, and how to switch to the best flavour here."""
@@ -219,7 +262,7 @@ def report_failures(failures: Any) -> None:
         click.echo(f"failed: {failure}", err=True)
 
 
-def interrupted(output: Path) -> NoReturn:
+def interrupted(output: Path) -> None:
     from .runtime.pipeline import checkpoint_folder, output_files
 
     partial = checkpoint_folder(output_files(output)[0])
@@ -227,7 +270,6 @@ def interrupted(output: Path) -> NoReturn:
         click.echo(f"interrupted; finished rows are kept in {partial}: rerun the same command to resume", err=True)
     else:
         click.echo("interrupted; nothing was written", err=True)
-    sys.exit(130)
 
 
 def summary(report: Any, what: str) -> str:
@@ -273,6 +315,7 @@ def embed(bundle: Path, paths: tuple[Path, ...], output: Path, from_file: str | 
         report = embed_images_to_file(encoder, files, output, options)
     except KeyboardInterrupt:
         interrupted(output)
+        sys.exit(130)
     report_failures(report.failures)
     click.echo(summary(report, "images"))
     if report.failures:
@@ -316,6 +359,7 @@ def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: st
         report = embed_texts_to_file(encoder, itertools.chain(*sources), output, options)
     except KeyboardInterrupt:
         interrupted(output)
+        sys.exit(130)
     click.echo(summary(report, "texts"))
 
 

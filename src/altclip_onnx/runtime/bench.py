@@ -1,0 +1,222 @@
+"""``altclip-onnx bench``: time a bundle's own variants side by side (runtime side, no torch).
+
+Timings on shared machines drift by tens of percent between runs, so variants are timed
+interleaved (one run of each in turn, repeated) and reported as medians after warm-up; ratios
+between variants of one run are what to quote. Peak memory is measured in a fresh process per
+variant (load it, embed one batch of 8) because a process's peak RSS never goes down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import TEXTUAL, TOWER_INPUTS, VISUAL, read_manifest
+
+RSS_BATCH = 8
+
+
+@dataclass
+class Candidate:
+    """One thing to time: a name, a tower, a runner taking (batch, tokens) inputs, and its files."""
+
+    name: str
+    tower: str
+    run: Callable[[dict[str, np.ndarray]], Any]
+    size_bytes: int = 0
+    rss_command: list[str] | None = None  # a command printing the peak RSS in bytes of a fresh process
+
+
+@dataclass
+class Result:
+    name: str
+    tower: str
+    latency_ms: float  # batch 1, median
+    throughput: dict[str, float] = field(default_factory=dict)  # batch size -> items/s
+    peak_rss_mb: float | None = None
+    size_mb: float = 0.0
+
+
+def make_inputs(
+    tower: str, batch: int, *, image_size: int = 224, tokens: int = 16, vocab_size: int = 1000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if tower == VISUAL:
+        return {"pixel_values": rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)}
+    ids = rng.integers(4, min(vocab_size - 1, 1000), (batch, tokens)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = 0, 2
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def interleaved_medians(
+    runners: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 1, budget_s: float | None = None
+) -> dict[str, float]:
+    """Median seconds per call of each runner, timed in turn so drifts hit all of them alike."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    started = time.perf_counter()
+    for i in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+        if budget_s is not None and i >= 2 and time.perf_counter() - started > budget_s:
+            break
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def measure(
+    candidates: list[Candidate],
+    *,
+    batch_sizes: tuple[int, ...] = (8, 32),
+    tokens: int = 16,
+    image_size: int = 224,
+    vocab_size: int = 1000,
+    repeats: int = 10,
+    budget_s: float | None = 120.0,
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[Result]:
+    """Latency at batch 1 and throughput at each batch size, interleaved per tower; then peak RSS."""
+    results = {c.name + c.tower: Result(c.name, c.tower, 0.0, size_mb=c.size_bytes / 1e6) for c in candidates}
+    for tower in (VISUAL, TEXTUAL):
+        group = [c for c in candidates if c.tower == tower]
+        if not group:
+            continue
+        for batch in (1, *batch_sizes):
+            inputs = make_inputs(tower, batch, image_size=image_size, tokens=tokens, vocab_size=vocab_size)
+            progress(f"timing the {tower} tower at batch {batch}")
+            medians = interleaved_medians(
+                {c.name: (lambda c=c: c.run(inputs)) for c in group},
+                repeats=repeats if batch == 1 else max(3, repeats // 3),
+                budget_s=budget_s,
+            )
+            for c in group:
+                result = results[c.name + tower]
+                if batch == 1:
+                    result.latency_ms = medians[c.name] * 1000
+                else:
+                    result.throughput[str(batch)] = batch / medians[c.name]
+    for c in candidates:
+        if c.rss_command:
+            progress(f"peak memory of {c.name} ({c.tower})")
+            results[c.name + c.tower].peak_rss_mb = peak_rss_mb(c.rss_command)
+    return list(results.values())
+
+
+def peak_rss_mb(command: list[str]) -> float | None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        return None
+    return int(done.stdout.strip().splitlines()[-1]) / 1e6
+
+
+def rss_probe(model_path: str, tower: str, threads: int | None, image_size: int = 224, vocab_size: int = 1000) -> int:
+    """In a fresh process: load one graph, embed a batch of 8, return the peak RSS in bytes."""
+    import resource
+
+    from .providers import make_session
+
+    session = make_session(model_path, provider="cpu", threads=threads)
+    session.run(None, make_inputs(tower, RSS_BATCH, image_size=image_size, vocab_size=vocab_size))
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib * 1024 if sys.platform != "darwin" else kib
+
+
+def bundle_candidates(bundle: Path, *, precisions: list[str] | None, threads: int | None, provider: str | None) -> list[Candidate]:
+    from .providers import make_session
+
+    manifest = read_manifest(bundle)
+    candidates = []
+    for tower in (VISUAL, TEXTUAL):
+        for precision in manifest.precisions(tower):
+            if precisions and precision not in precisions:
+                continue
+            variant = manifest.towers[tower][precision]
+            session = make_session(bundle / variant.path, provider=provider, threads=threads)
+            names = list(TOWER_INPUTS[tower])
+            candidates.append(
+                Candidate(
+                    name=precision,
+                    tower=tower,
+                    run=lambda inputs, s=session, n=names: s.run(None, {k: inputs[k] for k in n}),
+                    size_bytes=sum(manifest.files[f].size for f in variant.files),
+                    rss_command=rss_command(bundle / variant.path, tower, threads, manifest.image.size,
+                                            manifest.text.vocab_size),
+                )
+            )
+    return candidates
+
+
+def rss_command(
+    model_path: Path, tower: str, threads: int | None, image_size: int = 224, vocab_size: int = 1000
+) -> list[str]:
+    return [sys.executable, "-m", "altclip_onnx.runtime.bench", "--rss-probe",
+            str(model_path), tower, str(threads or 0), str(image_size), str(vocab_size)]
+
+
+def machine_facts(threads: int | None) -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "threads": threads or "onnxruntime default (one per physical core)",
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def format_markdown(results: list[Result], *, baseline: str | None = None, batch_sizes: tuple[int, ...] = (8, 32)) -> str:
+    """One table per tower; speed-up columns are relative to ``baseline`` (default: the first row)."""
+    lines = []
+    for tower in (VISUAL, TEXTUAL):
+        rows = [r for r in results if r.tower == tower]
+        if not rows:
+            continue
+        base = next((r for r in rows if r.name == baseline), rows[0])
+        unit = "images/s" if tower == VISUAL else "texts/s"
+        header = ["variant", "batch 1 latency (ms)", f"x vs {base.name}"]
+        header += [f"batch {b} ({unit})" for b in batch_sizes]
+        header += ["peak RSS (MB)", "file size (MB)", "RSS / size"]
+        lines += [f"**{tower} tower**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            cells = [r.name, f"{r.latency_ms:.1f}", f"{base.latency_ms / r.latency_ms:.2f}x" if r.latency_ms else "-"]
+            cells += [f"{r.throughput.get(str(b), float('nan')):.2f}" for b in batch_sizes]
+            rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "-"
+            ratio = f"{r.peak_rss_mb / r.size_mb:.2f}" if r.peak_rss_mb and r.size_mb else "-"
+            cells += [rss, f"{r.size_mb:.0f}" if r.size_mb else "-", ratio]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_json(results: list[Result], facts: dict[str, Any], settings: dict[str, Any]) -> str:
+    return json.dumps({"machine": facts, "settings": settings, "results": [asdict(r) for r in results]}, indent=2)
+
+
+if __name__ == "__main__":  # the --rss-probe entry point used by measure()
+    if len(sys.argv) == 7 and sys.argv[1] == "--rss-probe":
+        print(rss_probe(sys.argv[2], sys.argv[3], int(sys.argv[4]) or None, int(sys.argv[5]), int(sys.argv[6])))
+    else:
+        sys.exit("usage: python -m altclip_onnx.runtime.bench --rss-probe MODEL TOWER THREADS IMAGE_SIZE VOCAB")
