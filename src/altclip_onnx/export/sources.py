@@ -360,14 +360,13 @@ class LoadedModel:
     text: TextSpec
     source: ResolvedSource
     notes: list[str] = field(default_factory=list)
+    # Read once from the model: the export releases the model before it writes the manifest.
+    embedding_dim: int = field(init=False)
+    logit_scale: float = field(init=False)  # the multiplier, exp of the model's parameter
 
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.model.config.projection_dim)
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp().item())
+    def __post_init__(self) -> None:
+        self.embedding_dim = int(self.model.config.projection_dim)
+        self.logit_scale = float(self.model.logit_scale.detach().exp().item())
 
 
 def load_model(source: ResolvedSource, *, max_length: int = 77) -> LoadedModel:

@@ -156,18 +156,19 @@ def reference_outputs(model: Any, cases: list[Case]) -> list[dict[str, np.ndarra
 
 
 def onnx_outputs(bundle: Path, manifest: Manifest, precision: str, cases: list[Case]) -> list[dict[str, np.ndarray]]:
+    """Run the cases through one precision; one tower's session at a time, to keep peak memory low."""
     import onnxruntime as ort
 
-    sessions = {}
+    results: list[dict[str, np.ndarray]] = [{} for _ in cases]
     for tower in (VISUAL, TEXTUAL):
-        variant = manifest.towers[tower][precision]
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        sessions[tower] = ort.InferenceSession(str(bundle / variant.path), options, providers=["CPUExecutionProvider"])
-    results = []
-    for case in cases:
-        outputs = sessions[case.tower].run(list(TOWER_OUTPUTS[case.tower]), case.inputs)
-        results.append(dict(zip(TOWER_OUTPUTS[case.tower], outputs)))
+        path = bundle / manifest.towers[tower][precision].path
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for i, case in enumerate(cases):
+            if case.tower == tower:
+                results[i] = dict(zip(TOWER_OUTPUTS[tower], session.run(list(TOWER_OUTPUTS[tower]), case.inputs)))
+        del session
     return results
 
 
