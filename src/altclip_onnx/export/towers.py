@@ -144,6 +144,7 @@ def save_model(proto: Any, destination: Path, *, external: bool) -> list[Path]:
     import onnx
 
     data = destination.with_name(destination.name + ".data")
+    destination.parent.mkdir(parents=True, exist_ok=True)
     for stale in (destination, data):
         if stale.exists():
             stale.unlink()
