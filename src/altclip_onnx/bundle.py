@@ -253,13 +253,19 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
         raise BundleError(f"{folder}: no such bundle folder; export one with 'altclip-onnx export'")
     if not path.is_file():
         raise BundleError(f"{path}: missing; {folder} is not an altclip-onnx bundle (export one with 'altclip-onnx export')")
+    data = read_json_object(path, BundleError, hint="; re-export the bundle")
+    return Manifest.from_json(data, where=str(path))
+
+
+def read_json_object(path: Path, error: type[Exception], hint: str = "") -> dict[str, Any]:
+    """A JSON object from ``path``, or ``error`` with one line naming the file and what is wrong."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not readable JSON ({exc}); re-export the bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not readable JSON ({exc}){hint}") from None
     if not isinstance(data, dict):
-        raise BundleError(f"{path}: not a JSON object; re-export the bundle")
-    return Manifest.from_json(data, where=str(path))
+        raise error(f"{path}: not a JSON object{hint}")
+    return data
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bundle import ImageSpec, TextSpec
+from ..bundle import ImageSpec, TextSpec, read_json_object
 from ..errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -223,13 +223,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise SourceError(f"{path}: missing; {folder} is not an AltCLIP checkpoint folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise SourceError(f"{path}: not a JSON object")
-    return config
+    return read_json_object(path, SourceError)
 
 
 def detect_layout(folder: Path) -> str:
