@@ -371,6 +371,8 @@ def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: st
               help="One label, commas allowed (repeatable).")
 @click.option("--template", "templates", multiple=True, metavar="TEXT",
               help="Prompt with {} for the label (repeatable) [default: 5 English CLIP templates].")
+@click.option("--fewshot", type=click.Path(path_type=Path), metavar="CACHE",
+              help="Few-shot (Tip-Adapter) cache from 'fewshot build': its classes replace --labels.")
 @click.option("--top", type=click.IntRange(1), default=3, show_default=True,
               help="Labels shown per image in the table.")
 @click.option("--json", "as_json", is_flag=True,
@@ -382,31 +384,39 @@ def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: st
 @click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale (faster for big photos).")
 @friendly_errors
 def classify(bundle: Path, images: tuple[Path, ...], label_lists: tuple[str, ...], single_labels: tuple[str, ...],
-             templates: tuple[str, ...], top: int, as_json: bool, from_file: str | None, batch_size: int,
-             workers: int, provider: str | None, precision: str, threads: int | None, draft: bool) -> None:
+             templates: tuple[str, ...], fewshot: Path | None, top: int, as_json: bool, from_file: str | None,
+             batch_size: int, workers: int, provider: str | None, precision: str, threads: int | None,
+             draft: bool) -> None:
     """Zero-shot classify IMAGEs (files or folders) among the labels.
 
     Probabilities are softmax(logit_scale x cosine(image, label)), each label embedded as the
-    mean of its templates. Exit code 2 when some images could not be read.
+    mean of its templates. With --fewshot CACHE, the classes and Tip-Adapter logits come from the
+    cache. Exit code 2 when some images could not be read.
     """
     import json
 
     from .runtime.pipeline import classify_images, iter_image_files, split_labels
 
     labels = split_labels(label_lists, single_labels)
-    if not labels:
-        raise click.UsageError("give labels with --labels a,b,c or --label")
+    if not labels and fewshot is None:
+        raise click.UsageError("give labels with --labels a,b,c or --label (or a cache with --fewshot)")
     if not images and from_file is None:
         raise click.UsageError("give at least one IMAGE or --from-file")
     encoder = load_encoder(bundle, provider, precision, threads)
-    # Zero-shot classifier: [labels, D]. A future `--fewshot CACHE` option (issue 3) plugs in here,
-    # replacing or blending these rows with prototypes from cached labelled-image embeddings;
-    # everything below only needs a classifier matrix.
-    classifier = encoder.text_classifier(labels, list(templates) or None)
     files = iter_image_files(images, from_file=line_source(from_file) if from_file else None)
+    if fewshot is not None:  # Tip-Adapter: the cache brings its classes, classifier, alpha and beta
+        from .runtime.fewshot import TipAdapter, classify_with_cache
+
+        adapter = TipAdapter.load(fewshot, encoder)
+        adapter.check_labels(labels, templates)
+        labels = list(adapter.class_names)
+        batches = classify_with_cache(encoder, files, adapter, batch_size=batch_size, workers=workers, draft=draft)
+    else:  # zero-shot classifier: [labels, D]
+        classifier = encoder.text_classifier(labels, list(templates) or None)
+        batches = classify_images(encoder, files, classifier, batch_size=batch_size, workers=workers, draft=draft)
     results: list[tuple[str, Any]] = []
     failures = []
-    for batch in classify_images(encoder, files, classifier, batch_size=batch_size, workers=workers, draft=draft):
+    for batch in batches:
         failures.extend(batch.failures)
         results.extend(zip(batch.items, batch.probabilities))
     report_failures(failures)
@@ -442,6 +452,136 @@ def format_classification(results: list[tuple[str, Any]], labels: list[str], top
         lines.append(f"{pad(path, path_width)}  " + "   ".join(cells))
     return "\n".join(lines)
 
+
+
+# --- few-shot classification (Tip-Adapter) and evaluation on a labelled folder ----------------------
+
+
+def parse_grid(text: str, option: str) -> tuple[float, ...]:
+    from .errors import InputError
+
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{option}: {text!r} is not a comma-separated list of numbers") from None
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+@main.group()
+def fewshot() -> None:
+    """Few-shot classification with Tip-Adapter: a cache of labelled images, no training."""
+
+
+@fewshot.command("build")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Cache file to write (.npz).")
+@click.option("--shots", type=click.IntRange(1), help="Cache at most N images per class [default: all not held out].")
+@click.option("--val-per-class", type=click.IntRange(0), metavar="N",
+              help="Validation images per class, never cached (0: none) [default: --val-fraction, at least 1].")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Share of each class held out for validation when --val-per-class is not given.")
+@click.option("--template", "templates", multiple=True, metavar="TEXT",
+              help="Prompt with {} for the class label (repeatable) [default: 5 English CLIP templates].")
+@click.option("--alphas", default="0.1,0.25,0.5,0.75,1,1.5,2,3,4,5,7.5,10", show_default=True,
+              help="Grid searched for alpha (how much the cache counts).")
+@click.option("--betas", default="0.1,0.5,1,2,3,4,5.5,7,8.5,10,12.5,15,17.5,20", show_default=True,
+              help="Grid searched for beta (how sharply the cache's votes fall off).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cache/validation split.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True)
+@encoder_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing cache file.")
+@friendly_errors
+def fewshot_build(bundle: Path, data_dir: Path, output: Path, shots: int | None, val_per_class: int | None,
+                  val_fraction: float, templates: tuple[str, ...], alphas: str, betas: str, seed: int,
+                  batch_size: int, workers: int, provider: str | None, precision: str, threads: int | None,
+                  overwrite: bool) -> None:
+    """Build a Tip-Adapter cache from DATA_DIR, which holds one sub-folder of images per class.
+
+    The folder name is the class; its prompt label is the name with underscores as spaces, or
+    the one DATA_DIR/labels.json gives ({"folder": "label"}). Each class is split (by --seed)
+    into cached images and validation images; alpha and beta are the grid point with the best
+    validation accuracy. Test the cache on other images with 'altclip-onnx evaluate'.
+    """
+    from .errors import InputError
+    from .runtime.fewshot import build_cache
+
+    if output.exists() and not overwrite:
+        raise InputError(f"{output}: already exists; pass --overwrite to replace it")
+    encoder = load_encoder(bundle, provider, precision, threads)
+    adapter = build_cache(encoder, data_dir, shots=shots, val_per_class=val_per_class, val_fraction=val_fraction,
+                          templates=list(templates) or None, alphas=parse_grid(alphas, "--alphas"),
+                          betas=parse_grid(betas, "--betas"), seed=seed, batch_size=batch_size, workers=workers)
+    adapter.save(output, overwrite=overwrite)
+    counts = adapter.counts()
+    width = max(display_width("class"), *(display_width(name) for name in adapter.class_names))
+    click.echo(f"{pad('class', width)}  cached  validation  prompt label")
+    for name, label in zip(adapter.class_names, adapter.labels):
+        click.echo(f"{pad(name, width)}  {counts[name]['cache']:6d}  {counts[name]['validation']:10d}  {label}")
+    result = adapter.validation
+    if result.images:
+        click.echo(f"validation ({result.images} images): zero-shot {percent(result.zero_shot)}, "
+                   f"Tip-Adapter {percent(result.tip_adapter)} with alpha={adapter.alpha:g}, beta={adapter.beta:g} "
+                   f"(best of {len(result.alphas)} x {len(result.betas)})")
+    else:
+        click.echo(f"no validation images: alpha={adapter.alpha:g}, beta={adapter.beta:g} (not tuned)")
+    click.echo(f"wrote {output} ({len(adapter.keys)} cached images, {len(adapter.class_names)} classes)")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("test_dir", type=click.Path(path_type=Path))
+@click.option("--fewshot", "cache", type=click.Path(path_type=Path), metavar="CACHE",
+              help="Also score this Tip-Adapter cache (its zero-shot part is compared with it).")
+@click.option("--labels", "label_lists", multiple=True, metavar="A,B,C",
+              help="Zero-shot labels (each class folder must be one) [default: the folder names].")
+@click.option("--label", "single_labels", multiple=True, metavar="LABEL", help="One label, commas allowed.")
+@click.option("--template", "templates", multiple=True, metavar="TEXT",
+              help="Zero-shot prompt with {} for the label (repeatable) [default: 5 English CLIP templates].")
+@click.option("--json", "as_json", is_flag=True, help="Print the accuracies as JSON.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True)
+@encoder_options
+@friendly_errors
+def evaluate(bundle: Path, test_dir: Path, cache: Path | None, label_lists: tuple[str, ...],
+             single_labels: tuple[str, ...], templates: tuple[str, ...], as_json: bool, batch_size: int,
+             workers: int, provider: str | None, precision: str, threads: int | None) -> None:
+    """Accuracy on TEST_DIR (one sub-folder of images per class): zero-shot and Tip-Adapter side by side.
+
+    With --fewshot, test images that the cache was built from (same content) are refused: they
+    would score themselves. Exit code 2 when some images could not be read.
+    """
+    import json
+
+    from .runtime.fewshot import TipAdapter, evaluate as run_evaluation
+    from .runtime.pipeline import split_labels
+
+    encoder = load_encoder(bundle, provider, precision, threads)
+    adapter = TipAdapter.load(cache, encoder) if cache is not None else None
+    result = run_evaluation(encoder, test_dir, adapter, labels=split_labels(label_lists, single_labels),
+                            templates=list(templates), batch_size=batch_size, workers=workers)
+    report_failures(result.failures)
+    if as_json:
+        click.echo(json.dumps({"test_dir": str(test_dir), "cache": str(cache) if cache else None,
+                               **result.to_json()}, ensure_ascii=False, indent=2))
+    else:
+        methods = ["zero_shot"] + (["tip_adapter"] if adapter is not None else [])
+        width = max(display_width("class"), *(display_width(name) for name in result.classes))
+        click.echo(f"{pad('class', width)}  images  zero-shot" + ("  tip-adapter" if adapter else ""))
+        for name in [*result.classes, None]:
+            count = result.images[name] if name else result.total
+            cells = "".join(f"  {percent(result.accuracy(m, name)):>{len(m) + 2 * (m == 'tip_adapter')}}"
+                            for m in methods)
+            click.echo(f"{pad(name or 'all', width)}  {count:6d}{cells}")
+        if adapter is not None:
+            click.echo(f"Tip-Adapter: alpha={adapter.alpha:g}, beta={adapter.beta:g}, "
+                       f"{len(adapter.keys)} cached images")
+    if result.failures:
+        sys.exit(2)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
