@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--towers", default="visual,textual")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per batch size and tower, at most")
     parser.add_argument("--work-dir", type=Path, help="keep the exported graphs here (default: a temp folder)")
+    parser.add_argument("--explore", action="store_true",
+                        help="also time an alternative int8 recipe (attention left unfused, MatMul quantized)")
     parser.add_argument("-o", "--output", type=Path, default=Path("bench-out"))
     args = parser.parse_args()
 
@@ -77,6 +79,11 @@ def main() -> None:
                                        num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size))[0]
         ours_int8 = optimize.quantize_int8(ours, work / tower / "ours" / "model.int8.onnx")[0]
         graphs = {"plain export fp32": plain, "plain dynamic int8": plain_int8, "ours fp32": ours, "ours int8": ours_int8}
+        if args.explore:
+            alt = optimize.optimize_graph(plain, work / tower / "alt" / "model.onnx", tower,
+                                          num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size),
+                                          recipe=optimize.FusionRecipe(attention=False))[0]
+            graphs["int8, attention unfused"] = optimize.quantize_int8(alt, work / tower / "alt" / "model.int8.onnx")[0]
         if gpu:
             graphs["ours fp16"] = optimize.convert_fp16(ours, work / tower / "ours" / "model.fp16.onnx")[0]
         for name, path in graphs.items():
