@@ -87,7 +87,9 @@ def main() -> None:
         if gpu:
             graphs["ours fp16"] = optimize.convert_fp16(ours, work / tower / "ours" / "model.fp16.onnx")[0]
         for name, path in graphs.items():
-            session = make_session(path, provider="cuda" if name.endswith("fp16") else "cpu", threads=args.threads)
+            # No spinning: sessions and PyTorch take turns in this process and must not steal each other's cores.
+            session = make_session(path, provider="cuda" if name.endswith("fp16") else "cpu", threads=args.threads,
+                                   spinning=False)
             candidates.append(bench.Candidate(
                 name, tower,
                 lambda inputs, s=session, n=TOWER_INPUTS[tower]: s.run(None, {k: inputs[k] for k in n}),

@@ -131,6 +131,14 @@ def rss_probe(model_path: str, tower: str, threads: int | None, image_size: int 
 
     session = make_session(model_path, provider="cpu", threads=threads)
     session.run(None, make_inputs(tower, RSS_BATCH, image_size=image_size, vocab_size=vocab_size))
+    # Linux keeps ru_maxrss across fork and exec, so a probe started by a large parent would report the
+    # parent's peak; VmHWM belongs to this process's own address space.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib * 1024 if sys.platform != "darwin" else kib
 
@@ -145,7 +153,8 @@ def bundle_candidates(bundle: Path, *, precisions: list[str] | None, threads: in
             if precisions and precision not in precisions:
                 continue
             variant = manifest.towers[tower][precision]
-            session = make_session(bundle / variant.path, provider=provider, threads=threads)
+            # No spinning: variants take turns in one process (see providers.session_options).
+            session = make_session(bundle / variant.path, provider=provider, threads=threads, spinning=False)
             names = list(TOWER_INPUTS[tower])
             candidates.append(
                 Candidate(

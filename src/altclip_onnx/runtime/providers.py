@@ -129,9 +129,12 @@ def provider_options(provider: str, threads: int | None) -> dict[str, str]:
     return {}
 
 
-def session_options(threads: int | None) -> onnxruntime.SessionOptions:
+def session_options(threads: int | None, *, spinning: bool = True) -> onnxruntime.SessionOptions:
     """Session options: ``threads`` intra-op threads (None or 0: onnxruntime's default, one per
-    physical core) and every graph optimization, applied at load time and never saved."""
+    physical core) and every graph optimization, applied at load time and never saved.
+
+    ``spinning=False`` stops idle worker threads from busy-waiting after each run: needed when several
+    sessions (or PyTorch) take turns in one process, as in benchmarks, or they steal each other's cores."""
     import onnxruntime
 
     valid = threads is None or (type(threads) is int and threads >= 0)
@@ -140,6 +143,8 @@ def session_options(threads: int | None) -> onnxruntime.SessionOptions:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or 0
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -148,6 +153,7 @@ def make_session(
     *,
     provider: str | None = None,
     threads: int | None = None,
+    spinning: bool = True,
 ) -> onnxruntime.InferenceSession:
     """Load ``model_path`` with the chosen providers (``provider`` None means ``"auto"``).
 
@@ -160,7 +166,7 @@ def make_session(
     providers = choose_providers(onnxruntime.get_available_providers(), provider)
     if not path.is_file():
         raise BundleError(f"cannot load ONNX model {path}: the file does not exist")
-    options = session_options(threads)
+    options = session_options(threads, spinning=spinning)
     if "DmlExecutionProvider" in providers:
         # DirectML supports neither memory patterns nor parallel execution.
         options.enable_mem_pattern = False
