@@ -583,5 +583,92 @@ def evaluate(bundle: Path, test_dir: Path, cache: Path | None, label_lists: tupl
     if result.failures:
         sys.exit(2)
 
+
+# --- search: an incremental index of a photo collection (runtime only: never imports torch) -------
+
+
+@main.command("index")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--db", required=True, type=click.Path(path_type=Path), help="Index folder (created if missing).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
+              help="Threads that decode images while the model runs (0: none).")
+@encoder_options
+@friendly_errors
+def index_command(bundle: Path, folders: tuple[Path, ...], db: Path, batch_size: int, workers: int,
+                  provider: str | None, precision: str, threads: int | None) -> None:
+    """Index the images under FOLDERS (recursively) into DB for 'altclip-onnx search'.
+
+    Running it again is incremental: new and changed files are embedded, rows of deleted files
+    removed. An interrupted run keeps its finished batches; run it again to continue. Files that
+    cannot be read are listed on stderr with the reason and skipped; the exit code is then 2.
+    """
+    from .runtime.search import Index
+
+    encoder = load_encoder(bundle, provider, precision, threads)
+    with Index.open(db, create=True) as index:
+        try:
+            report = index.update(encoder, folders, batch_size=batch_size, workers=workers)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; {len(index)} images are indexed in {db}: rerun the same command to continue",
+                       err=True)
+            sys.exit(130)
+    report_failures(report.failures)
+    click.echo(report.summary())
+    if report.failures:
+        sys.exit(2)
+
+
+@main.command("search")
+@click.argument("query", required=False)
+@click.option("--db", required=True, type=click.Path(path_type=Path), help="Index folder made by 'index'.")
+@click.option("--image", type=click.Path(path_type=Path), help="Find images similar to this one instead of a text.")
+@click.option("-k", "--top", "k", type=click.IntRange(1), default=10, show_default=True, help="Results to show.")
+@click.option("--json", "as_json", is_flag=True, help='Print JSON: [{"path": ..., "score": ...}], best first.')
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Bundle for the query [default: the one recorded in the index].")
+@click.option("--provider", default=None,
+              help="cpu, cuda, tensorrt, coreml, openvino, directml or auto [default: $ONNX_PROVIDER, else auto].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8", "fp16"]), default=None,
+              help="[default: the precision the index was made with, if the bundle has it]")
+@click.option("--threads", type=click.IntRange(0), default=None,
+              help="onnxruntime intra-op threads [default: one per physical core].")
+@friendly_errors
+def search_command(query: str | None, db: Path, image: Path | None, k: int, as_json: bool, bundle: Path | None,
+                   provider: str | None, precision: str | None, threads: int | None) -> None:
+    """Search the images indexed in DB by a text QUERY (any language) or by --image.
+
+    Scores are cosine similarities (exact, re-ranked from the approximate index's candidates).
+    """
+    import json
+
+    from .runtime.search import Index
+
+    if (query is None) == (image is None):
+        raise click.UsageError("give either a text QUERY or --image FILE")
+    with Index.open(db) as index:
+        encoder = index.encoder(bundle, provider=provider or os.environ.get("ONNX_PROVIDER") or None,
+                                precision=precision, threads=threads)
+        if image is not None:
+            hits = index.search_image(encoder, image, k)
+        else:
+            hits = index.search_text(encoder, query, k)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps([{"path": h.path, "score": round(h.score, 6)} for h in hits], ensure_ascii=False,
+                              indent=2))
+    else:
+        click.echo(format_hits(hits))
+
+
+def format_hits(hits: list[Any]) -> str:
+    """A table: rank, cosine score, path; best first."""
+    lines = ["rank   score  path"]
+    lines += [f"{rank:4d}  {hit.score:6.4f}  {hit.path}" for rank, hit in enumerate(hits, 1)]
+    if not hits:
+        lines.append("(the index is empty)")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,385 @@
+"""Search a photo collection by text or by example: an incremental index of image embeddings.
+
+::
+
+    from altclip_onnx import Encoder
+    from altclip_onnx.runtime.search import Index
+
+    encoder = Encoder("onnx/AltCLIP-m18")
+    with Index.open("photos.idx", create=True) as index:
+        report = index.update(encoder, "~/Pictures")      # embeds new and changed files only
+        for hit in index.search_text(encoder, "海边的日落", k=10):
+            print(f"{hit.score:.3f} {hit.path}")
+
+**Update.** :meth:`Index.update` walks folders with
+:func:`~altclip_onnx.runtime.pipeline.iter_image_files` and embeds what is new or changed with
+:func:`~altclip_onnx.runtime.pipeline.embed_images` (decoding overlaps inference). Paths are
+stored absolute. A file whose size and mtime match its row is unchanged; otherwise its bytes are
+hashed (blake2b), and a file whose content is already in the index (a moved or copied photo)
+takes that vector without running the model. Rows under a folder whose files are gone, or can no
+longer be read, are removed. Each embedded batch is committed, so an interrupted run keeps its
+work and a rerun continues; a second process writing the same index is refused.
+
+**Model record.** The index records which bundle made it: the bundle's path, variant, source
+name, embedding dimension, image-tower precision and a fingerprint of the fp32 weights. Updating
+or querying with another model (or dimension) raises :class:`~altclip_onnx.errors.InputError`;
+another precision of the same model logs a warning and goes on.
+
+**Search.** The approximate index proposes ``max(4k, 50)`` candidates, which are re-ranked by
+exact cosine against the stored float32 vectors: scores are exact, and a photo queried by itself
+comes first with a score of about 1.
+
+**Storage** sits behind :class:`~altclip_onnx.runtime.store.VectorStore`; the default is
+:class:`~altclip_onnx.runtime.store.LocalStore` (SQLite + a usearch HNSW graph in one folder,
+``[search]`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..bundle import TOWERS, VISUAL, read_manifest
+from ..errors import BundleError, InputError
+from .encoder import Encoder, l2_normalize
+from .images import ImageInput
+from .pipeline import Failure, embed_images, iter_image_files
+from .store import Entry, LocalStore, VectorStore
+
+log = logging.getLogger(__name__)
+
+DIGEST = "blake2b-128"
+MIN_CANDIDATES = 50  # the approximate index proposes max(4 k, this) rows for exact re-ranking
+CANDIDATES_PER_RESULT = 4
+_MODEL_KEYS = ("bundle", "variant", "source", "embedding_dim", "precision", "fingerprint")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: an indexed path and its cosine similarity to the query (-1..1)."""
+
+    path: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Which bundle embedded an index's images."""
+
+    bundle: str  # absolute path at index time
+    variant: str
+    source: str
+    embedding_dim: int
+    precision: str  # of the image tower
+    fingerprint: str  # sha256 over the checksums of both towers' fp32 files
+
+    @classmethod
+    def of(cls, encoder: Encoder) -> ModelRecord:
+        manifest = encoder.manifest
+        digest = hashlib.sha256()
+        for tower in TOWERS:
+            precisions = manifest.precisions(tower)
+            variant = manifest.towers[tower]["fp32" if "fp32" in precisions else precisions[0]]
+            for name in variant.files:
+                entry = manifest.files.get(name)
+                digest.update(f"{name}\0{entry.sha256 if entry else ''}\n".encode())
+        return cls(
+            bundle=os.path.abspath(encoder.bundle),
+            variant=manifest.variant,
+            source=str(manifest.source.get("name", "")),
+            embedding_dim=manifest.embedding_dim,
+            precision=encoder.precisions[VISUAL],
+            fingerprint=digest.hexdigest(),
+        )
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> ModelRecord | None:
+        if not all(key in info for key in _MODEL_KEYS):
+            return None
+        return cls(**{key: info[key] for key in _MODEL_KEYS})
+
+    def to_info(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in _MODEL_KEYS}
+
+    def describe(self) -> str:
+        name = self.variant if self.variant != "custom" or not self.source else self.source
+        return f"{name} ({self.embedding_dim}-d, {self.precision}, weights {self.fingerprint[:12]})"
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """What :meth:`Index.update` did. ``embedded`` images ran through the model; ``reused`` took the
+    vector of a file with the same content already in the index; failed files are not in the index."""
+
+    db: str
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+    embedded: int
+    reused: int
+    failures: tuple[Failure, ...]
+    rows: int
+    seconds: float
+
+    def summary(self) -> str:
+        failed = f", {len(self.failures)} failed" if self.failures else ""
+        rate = f", {self.embedded / self.seconds:.1f} images/s" if self.embedded and self.seconds > 0 else ""
+        return (f"{self.db}: {self.added} added, {self.changed} changed, {self.removed} removed, "
+                f"{self.unchanged} unchanged{failed} ({self.embedded} embedded, {self.reused} reused{rate}); "
+                f"{self.rows} images in the index; {self.seconds:.1f}s")
+
+
+@dataclass
+class _Plan:
+    """Files to look at in one update, filled while walking and while embedding."""
+
+    known: dict[str, Entry]
+    seen: set[str] = field(default_factory=set)
+    pending: dict[str, Entry] = field(default_factory=dict)  # path -> entry, waiting for its embedding
+    ready: list[tuple[Entry, np.ndarray]] = field(default_factory=list)  # rows that need no model run
+    failures: list[Failure] = field(default_factory=list)
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    reused: int = 0
+
+
+class Index:
+    """An image search index over a :class:`~altclip_onnx.runtime.store.VectorStore`.
+
+    Open one with :meth:`open` (a folder, created by ``create=True``), or wrap any store:
+    ``Index(store)``. Close it (or use ``with``) to write the approximate index and release the lock.
+    """
+
+    def __init__(self, store: VectorStore, name: str = "index") -> None:
+        self.store = store
+        self.name = name
+        self._warned: set[tuple[str, str]] = set()
+
+    @classmethod
+    def open(cls, db: str | os.PathLike[str], *, create: bool = False) -> Index:
+        """The index in folder ``db``; ``create=True`` makes an empty one if there is none."""
+        return cls(LocalStore(db, create=create), name=os.fsdecode(db))
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __repr__(self) -> str:
+        model = self.model.describe() if self.model else "empty"
+        return f"Index({self.name!r}, rows={len(self)}, model={model})"
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def model(self) -> ModelRecord | None:
+        """The bundle that made the index (None while it is empty and unused)."""
+        return ModelRecord.from_info(self.store.info)
+
+    def encoder(self, bundle: str | os.PathLike[str] | None = None, *, provider: str | None = None,
+                precision: str | None = None, threads: int | None = None) -> Encoder:
+        """An Encoder for queries: ``bundle`` or else the one recorded in the index, at the index's
+        precision when the bundle has it (else "auto") unless ``precision`` says otherwise."""
+        model = self._require_model()
+        try:
+            if precision is None:
+                manifest = read_manifest(bundle or model.bundle)
+                precision = model.precision if model.precision in manifest.precisions(VISUAL) else "auto"
+            return Encoder(bundle or model.bundle, provider=provider, precision=precision, threads=threads)
+        except BundleError as exc:
+            if bundle is not None:
+                raise
+            raise InputError(f"{self.name}: cannot load the bundle it was made with ({exc}); "
+                             "pass the bundle explicitly (--bundle)") from None
+
+    def check(self, encoder: Encoder) -> None:
+        """Raise InputError if ``encoder`` is another model than the index's; warn on another precision."""
+        model = self.model
+        if model is None:
+            return
+        actual = ModelRecord.of(encoder)
+        if actual.embedding_dim != model.embedding_dim or actual.fingerprint != model.fingerprint:
+            raise InputError(
+                f"{self.name}: made with {model.describe()} from {model.bundle}, but {encoder.bundle} is "
+                f"{actual.describe()}; use the bundle that made the index, or index into a new --db")
+        key = (actual.fingerprint, actual.precision)
+        if actual.precision != model.precision and key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s: images were embedded at %s, this encoder runs %s (same model): scores may differ "
+                        "slightly", self.name, model.precision, actual.precision)
+
+    # --- update -------------------------------------------------------------------------------
+
+    def update(
+        self,
+        encoder: Encoder,
+        folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        *,
+        batch_size: int = 8,
+        workers: int = 2,
+        progress: bool = True,
+    ) -> UpdateReport:
+        """Bring the index in line with the image files under ``folders`` (see the module docstring)."""
+        started = time.perf_counter()
+        roots = _folders(folders)
+        self.check(encoder)
+        if self.model is None:
+            self.store.set_info({**ModelRecord.of(encoder).to_info(), "digest": DIGEST})
+        known: dict[str, Entry] = {}
+        for root in roots:
+            known.update((e.path, e) for e in self.store.entries(under=os.path.join(root, "")))
+        plan = _Plan(known)
+        try:
+            todo = self._todo(plan, roots)
+            for batch in embed_images(encoder, todo, batch_size=batch_size, workers=workers, progress=progress):
+                entries = [plan.pending.pop(path) for path in batch.items]
+                plan.embedded += len(entries)
+                plan.failures.extend(batch.failures)
+                self._commit(plan, entries, batch.embeddings)
+            self._commit(plan, [], np.empty((0, encoder.embedding_dim), dtype=np.float32))
+            # Files gone from the folders, and files that can no longer be read (their rows are stale).
+            failed = {failure.item for failure in plan.failures}
+            removed = self.store.delete(path for path in plan.known if path not in plan.seen or path in failed)
+        finally:
+            self.store.flush()  # on Ctrl-C too: the approximate index keeps up with what was committed
+        failures = tuple(plan.failures)
+        return UpdateReport(self.name, plan.added, plan.changed, removed, plan.unchanged, plan.embedded, plan.reused,
+                            failures, len(self), time.perf_counter() - started)
+
+    def _todo(self, plan: _Plan, roots: list[str]) -> Iterator[str]:
+        """The paths that need the model, in walk order; decides every other file on the way."""
+        for path in iter_image_files(roots):
+            name = os.fsdecode(path)
+            plan.seen.add(name)
+            old = plan.known.get(name)
+            try:
+                name.encode("utf-8")
+                stat = os.stat(name)
+            except UnicodeEncodeError:
+                plan.failures.append(Failure(name, "its name is not valid UTF-8, which the index cannot store"))
+                continue
+            except OSError as exc:
+                plan.failures.append(Failure(name, f"cannot read it ({exc.strerror or exc})"))
+                continue
+            if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
+                plan.unchanged += 1
+                continue
+            try:
+                digest = file_digest(name)
+            except OSError as exc:
+                plan.failures.append(Failure(name, f"cannot read it ({exc.strerror or exc})"))
+                continue
+            entry = Entry(name, stat.st_size, stat.st_mtime_ns, digest)
+            if old is not None and old.digest == digest:  # touched, not changed: new metadata only
+                plan.unchanged += 1
+                plan.ready.append((entry, self.store.get([name])[1][0]))
+                continue
+            vector = self.store.find_digest(digest)
+            if vector is not None:  # the same bytes are indexed under another path
+                plan.reused += 1
+                plan.ready.append((entry, vector))
+                self._count(plan, old)
+                continue
+            plan.pending[name] = entry
+            yield name
+
+    def _commit(self, plan: _Plan, entries: list[Entry], vectors: np.ndarray) -> None:
+        """One transaction: a batch's embeddings and the rows decided without the model since the last one."""
+        for entry in entries:
+            self._count(plan, plan.known.get(entry.path))
+        if plan.ready:
+            entries = entries + [entry for entry, _ in plan.ready]
+            vectors = np.concatenate([vectors, np.stack([vector for _, vector in plan.ready])])
+            plan.ready = []
+        if entries:
+            self.store.add(entries, vectors)
+
+    @staticmethod
+    def _count(plan: _Plan, old: Entry | None) -> None:
+        if old is None:
+            plan.added += 1
+        else:
+            plan.changed += 1
+
+    # --- search -------------------------------------------------------------------------------
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, *, exact: bool = False) -> list[Hit]:
+        """The ``k`` rows most similar to ``vector`` (normalized here), best first, with exact cosines.
+
+        ``exact=True`` compares with every stored vector instead of asking the approximate index.
+        """
+        if k < 1:
+            raise InputError(f"k must be at least 1, not {k}")
+        query = l2_normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        model = self.model
+        if model is not None and query.shape[0] != model.embedding_dim:
+            raise InputError(f"{self.name}: holds {model.embedding_dim}-d vectors; the query is {query.shape[0]}-d")
+        if exact:
+            paths: list[str] = []
+            scores: list[np.ndarray] = []
+            for chunk_paths, chunk in self.store.scan():
+                paths += chunk_paths
+                scores.append(chunk @ query)
+            return _top(paths, np.concatenate(scores) if scores else np.empty(0, np.float32), k)
+        paths, vectors = self.store.search(query, max(CANDIDATES_PER_RESULT * k, MIN_CANDIDATES))
+        return _top(paths, vectors @ query, k)
+
+    def search_text(self, encoder: Encoder, text: str, k: int = 10) -> list[Hit]:
+        """Images matching a text in any of the model's languages."""
+        self.check(encoder)
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("the query text is empty")
+        return self.search_vector(encoder.encode_texts([text])[0], k)
+
+    def search_image(self, encoder: Encoder, image: ImageInput, k: int = 10) -> list[Hit]:
+        """Images similar to ``image`` (a path, bytes, PIL image or array)."""
+        self.check(encoder)
+        return self.search_vector(encoder.encode_images([image])[0], k)
+
+    def _require_model(self) -> ModelRecord:
+        model = self.model
+        if model is None:
+            raise InputError(f"{self.name}: the index is empty; build it with 'altclip-onnx index BUNDLE FOLDER "
+                             f"--db {self.name}'")
+        return model
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """blake2b-128 of the file's bytes, hex."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+    if isinstance(folders, (str, os.PathLike)):
+        folders = [folders]
+    roots = [os.path.abspath(os.path.expanduser(os.fsdecode(f))) for f in folders]
+    if not roots:
+        raise InputError("no folder to index")
+    for root in roots:
+        if not os.path.isdir(root):
+            raise InputError(f"{root}: {'not a folder' if os.path.exists(root) else 'no such folder'}")
+    return roots
+
+
+def _top(paths: Sequence[str], scores: np.ndarray, k: int) -> list[Hit]:
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [Hit(paths[i], float(scores[i])) for i in order]

@@ -1,0 +1,487 @@
+"""runtime/search.py, runtime/store.py and the index and search commands, on the tiny bundle and real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from altclip_onnx.cli import main
+from altclip_onnx.errors import InputError, MissingDependencyError
+from altclip_onnx.runtime import Encoder
+from altclip_onnx.runtime.search import Hit, Index, ModelRecord, file_digest
+from altclip_onnx.runtime.store import ANN_FILE, SQLITE_FILE, Entry, LocalStore, VectorStore
+
+skdata = pytest.importorskip("skimage.data")
+pytest.importorskip("usearch")
+
+QUERY = "海边的日落"
+
+
+def photo(name: str) -> np.ndarray:
+    image = getattr(skdata, name)()
+    return (image * 255).astype(np.uint8) if image.dtype == bool else image
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    """photos/{astronaut.jpg, camera.png, chelsea.png, b/coffee.jpg, b/c/rocket.jpg, horse.png}, plus notes.txt."""
+    root = tmp_path / "photos"
+    (root / "b" / "c").mkdir(parents=True)
+    Image.fromarray(photo("astronaut")).save(root / "astronaut.jpg", quality=90)
+    Image.fromarray(photo("camera")).save(root / "camera.png")
+    Image.fromarray(photo("chelsea")).save(root / "chelsea.png")
+    Image.fromarray(photo("coffee")).save(root / "b" / "coffee.jpg", quality=90)
+    Image.fromarray(photo("rocket")).save(root / "b" / "c" / "rocket.jpg", quality=90)
+    Image.fromarray(photo("horse")).save(root / "horse.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bundle: Path) -> Encoder:
+    return Encoder(tiny_bundle, provider="cpu", precision="fp32")
+
+
+def images_in(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix in (".jpg", ".png"))
+
+
+def count_calls(encoder: Encoder, monkeypatch: pytest.MonkeyPatch, fail_on: int | None = None) -> list[int]:
+    """Record the batch size of every model run on ``encoder``; raise KeyboardInterrupt on run ``fail_on``."""
+    calls: list[int] = []
+    real = Encoder.encode_pixels
+
+    def counted(pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
+        calls.append(len(pixels))
+        if fail_on is not None and len(calls) == fail_on:
+            raise KeyboardInterrupt
+        return real(encoder, pixels, normalize=normalize)
+
+    monkeypatch.setattr(encoder, "encode_pixels", counted)
+    return calls
+
+
+def rows(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db / SQLITE_FILE) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == connection.execute(
+            "SELECT COUNT(*) FROM images JOIN vectors USING (id)").fetchone()[0]  # no orphan vectors
+        return connection.execute("SELECT path, digest FROM images ORDER BY path").fetchall()
+
+
+def snapshot(db: Path) -> dict[str, tuple[str, np.ndarray]]:
+    with sqlite3.connect(db / SQLITE_FILE) as connection:
+        found = connection.execute("SELECT path, digest, vector FROM images JOIN vectors USING (id)").fetchall()
+    return {path: (digest, np.frombuffer(blob, dtype=np.float32)) for path, digest, blob in found}
+
+
+def run_cli(*args: object):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+# ------------------------------------------------------------------------------------- search
+
+
+def test_a_photo_queried_by_itself_comes_first(tmp_path: Path, library: Path, encoder: Encoder) -> None:
+    with Index.open(tmp_path / "db", create=True) as index:
+        report = index.update(encoder, library, progress=False)
+        assert (report.added, report.embedded, len(index)) == (6, 6, 6)
+        for path in images_in(library):
+            best = index.search_image(encoder, path, k=3)
+            assert best[0].path == path and best[0].score > 0.999
+            assert len(best) == 3 and best[0].score >= best[1].score >= best[2].score
+
+
+def test_text_search_scores_are_exact_cosines(tmp_path: Path, library: Path, encoder: Encoder) -> None:
+    with Index.open(tmp_path / "db", create=True) as index:
+        index.update(encoder, library, progress=False)
+        hits = index.search_text(encoder, QUERY, k=4)
+        assert len(hits) == 4 and all(isinstance(h, Hit) for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        paths = images_in(library)
+        entries, stored = index.store.get(paths)
+        assert [e.path for e in entries] == paths
+        np.testing.assert_allclose(stored, encoder.encode_images(paths), atol=1e-5)  # the pipeline's rows
+        expected = stored @ encoder.encode_texts([QUERY])[0]
+        order = np.argsort(-expected)[:4]
+        assert [h.path for h in hits] == [paths[i] for i in order]
+        np.testing.assert_allclose([h.score for h in hits], expected[order], atol=1e-6)
+        assert index.search_text(encoder, QUERY, k=4) == index.search_vector(encoder.encode_texts(QUERY)[0], 4)
+        assert [h.path for h in index.search_vector(stored[0], k=50, exact=True)] == [
+            h.path for h in index.search_vector(stored[0], k=50)]
+        with pytest.raises(InputError, match="k must be"):
+            index.search_text(encoder, QUERY, k=0)
+
+
+def test_entries_record_path_size_mtime_and_digest(tmp_path: Path, library: Path, encoder: Encoder) -> None:
+    with Index.open(tmp_path / "db", create=True) as index:
+        index.update(encoder, library, progress=False)
+        entries = list(index.store.entries())
+    path = library / "chelsea.png"
+    stat = path.stat()
+    assert Entry(str(path), stat.st_size, stat.st_mtime_ns, file_digest(path)) in entries
+    assert all(os.path.isabs(e.path) for e in entries) and len(entries) == 6
+
+
+# ------------------------------------------------------------------------------------- update
+
+
+def test_reindex_follows_additions_changes_and_deletions(tmp_path: Path, library: Path, encoder: Encoder,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "db"
+    calls = count_calls(encoder, monkeypatch)
+    with Index.open(db, create=True) as index:
+        index.update(encoder, library, batch_size=4, progress=False)
+    assert sum(calls) == 6
+    before = snapshot(db)
+
+    calls.clear()
+    with Index.open(db) as index:
+        report = index.update(encoder, library, progress=False)
+    assert calls == [] and (report.unchanged, report.added, report.changed, report.removed) == (6, 0, 0, 0)
+
+    chelsea, rocket = library / "chelsea.png", library / "b" / "c" / "rocket.jpg"
+    Image.fromarray(photo("coins")).save(library / "b" / "coins.png")  # added
+    Image.fromarray(photo("chelsea")[::-1]).save(chelsea)  # content changed
+    os.utime(chelsea, ns=(1_000_000_000, 1_000_000_000))
+    rocket.unlink()  # deleted
+    os.utime(library / "camera.png", ns=(2_000_000_000, 2_000_000_000))  # touched: same bytes
+    with Index.open(db) as index:
+        report = index.update(encoder, library, progress=False)
+        assert (report.added, report.changed, report.removed, report.unchanged) == (1, 1, 1, 4)
+        assert sum(calls) == 2 == report.embedded  # only the new and the changed file ran through the model
+        after = snapshot(db)
+        assert sorted(after) == images_in(library) and str(rocket) not in after
+        assert len(rows(db)) == len({path for path, _ in rows(db)}) == 6 == len(index)  # no duplicates
+        assert not np.allclose(after[str(chelsea)][1], before[str(chelsea)][1])  # re-embedded
+        np.testing.assert_allclose(after[str(chelsea)][1], encoder.encode_images([chelsea])[0], atol=1e-5)
+        assert after[str(chelsea)][0] == file_digest(chelsea)
+        np.testing.assert_array_equal(after[str(library / "camera.png")][1], before[str(library / "camera.png")][1])
+        assert index.store.get([str(library / "camera.png")])[0][0].mtime_ns == 2_000_000_000
+        assert index.search_image(encoder, chelsea, k=1)[0].path == str(chelsea)
+
+    # A moved photo keeps its vector without running the model.
+    calls.clear()
+    moved = library / "b" / "astronaut-moved.jpg"
+    (library / "astronaut.jpg").rename(moved)
+    with Index.open(db) as index:
+        report = index.update(encoder, library, progress=False)
+        assert (report.added, report.removed, report.reused, report.embedded, calls) == (1, 1, 1, 0, [])
+        np.testing.assert_array_equal(snapshot(db)[str(moved)][1], after[str(library / "astronaut.jpg")][1])
+        assert index.search_image(encoder, moved, k=1)[0] == Hit(str(moved), pytest.approx(1.0, abs=1e-3))
+
+
+def test_an_interrupted_update_resumes_and_ends_like_an_uninterrupted_one(
+        tmp_path: Path, library: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    interrupted = Encoder(tiny_bundle, provider="cpu", precision="fp32")
+    count_calls(interrupted, monkeypatch, fail_on=2)
+    with Index.open(tmp_path / "resumed", create=True) as index:
+        with pytest.raises(KeyboardInterrupt):
+            index.update(interrupted, library, batch_size=2, workers=0, progress=False)
+    with Index.open(tmp_path / "resumed") as index:
+        assert len(index) == 2  # the first batch was committed
+        assert index.search_vector(index.store.get([rows(tmp_path / "resumed")[0][0]])[1][0], 1)[0].score > 0.999
+
+    fresh = Encoder(tiny_bundle, provider="cpu", precision="fp32")
+    calls = count_calls(fresh, monkeypatch)
+    with Index.open(tmp_path / "resumed") as index:
+        report = index.update(fresh, library, batch_size=2, progress=False)
+    assert (report.unchanged, report.added, sum(calls)) == (2, 4, 4)
+    with Index.open(tmp_path / "straight", create=True) as index:
+        index.update(Encoder(tiny_bundle, provider="cpu", precision="fp32"), library, batch_size=2, progress=False)
+    resumed, straight = snapshot(tmp_path / "resumed"), snapshot(tmp_path / "straight")
+    assert sorted(resumed) == sorted(straight) == images_in(library)
+    for path, (digest, vector) in straight.items():
+        assert resumed[path][0] == digest
+        np.testing.assert_allclose(resumed[path][1], vector, atol=1e-6)
+
+
+def test_unreadable_files_are_named_skipped_and_exit_2(tmp_path: Path, library: Path, tiny_bundle: Path) -> None:
+    broken = library / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    db = tmp_path / "db"
+    result = run_cli("index", tiny_bundle, library, "--db", db, "--precision", "fp32")
+    assert result.exit_code == 2, result.output
+    assert f"failed: {broken}: " in result.stderr
+    assert "6 added" in result.stdout and "1 failed" in result.stdout and "6 images in the index" in result.stdout
+    assert str(broken) not in {path for path, _ in rows(db)}
+    # Once readable it is indexed; when it breaks again its stale row goes.
+    Image.fromarray(photo("coins")).save(broken, format="JPEG")
+    assert run_cli("index", tiny_bundle, library, "--db", db, "--precision", "fp32").exit_code == 0
+    assert str(broken) in {path for path, _ in rows(db)}
+    broken.write_bytes(b"\xff\xd8 broken again, and longer than before")
+    result = run_cli("index", tiny_bundle, library, "--db", db, "--precision", "fp32")
+    assert result.exit_code == 2 and "1 removed" in result.stdout
+    assert str(broken) not in {path for path, _ in rows(db)}
+
+
+def test_index_paths_are_absolute_and_scoped_to_the_folder(tmp_path: Path, library: Path, encoder: Encoder,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(photo("coins")).save(other / "coins.png")
+    monkeypatch.chdir(tmp_path)
+    with Index.open("db", create=True) as index:
+        index.update(encoder, "photos", progress=False)
+        index.update(encoder, "other", progress=False)  # does not remove the photos/ rows
+        assert len(index) == 7
+        assert {h.path for h in index.search_vector(np.ones(16), k=10)} == set(images_in(library)) | {
+            str(other / "coins.png")}
+        with pytest.raises(InputError, match="no such folder"):
+            index.update(encoder, "missing", progress=False)
+
+
+# ------------------------------------------------------------------------------------- model record
+
+
+def edited_bundle(tiny_bundle: Path, tmp_path: Path, **changes: object) -> Path:
+    """A copy of the tiny bundle whose manifest says it is another model (weights or dimension)."""
+    copy = tmp_path / "other-bundle"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    if changes.pop("weights", False):
+        visual = manifest["towers"]["visual"]["variants"]["fp32"]["path"]
+        manifest["files"][visual]["sha256"] = "0" * 64
+    manifest.update(changes)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("changes", [{"weights": True}, {"embedding_dim": 32, "variant": "AltCLIP-m9"}],
+                         ids=["other-weights", "other-dim"])
+def test_another_model_is_a_one_line_error(tmp_path: Path, library: Path, tiny_bundle: Path, encoder: Encoder,
+                                           changes: dict) -> None:
+    db = tmp_path / "db"
+    with Index.open(db, create=True) as index:
+        index.update(encoder, library, progress=False)
+    other = edited_bundle(tiny_bundle, tmp_path, **changes)
+    with Index.open(db) as index:
+        with pytest.raises(InputError, match="made with"):
+            index.search_text(Encoder(other, precision="fp32"), QUERY)
+        with pytest.raises(InputError, match="made with"):
+            index.update(Encoder(other, precision="fp32"), library, progress=False)
+    result = run_cli("search", "--db", db, "--bundle", other, QUERY)
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {db}: made with") and "Traceback" not in result.stderr
+    assert ("32-d" in lines[0]) == ("embedding_dim" in changes)
+
+
+def test_another_precision_of_the_same_model_warns_and_works(
+        tmp_path: Path, library: Path, tiny_bundle: Path, encoder: Encoder, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "db"
+    with Index.open(db, create=True) as index:
+        index.update(encoder, library, progress=False)
+        assert index.model == ModelRecord.of(encoder) and index.model.precision == "fp32"
+        int8 = Encoder(tiny_bundle, provider="cpu", precision="int8")
+        with caplog.at_level("WARNING"):
+            hits = index.search_image(int8, library / "chelsea.png", k=2)
+            index.search_text(int8, QUERY, k=2)
+        assert hits[0].path == str(library / "chelsea.png") and hits[0].score > 0.9
+        warnings = [r for r in caplog.records if "embedded at fp32" in r.getMessage()]
+        assert len(warnings) == 1 and "int8" in warnings[0].getMessage()  # once per index and precision
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the CLI logs it to stderr (pytest's handler catches it here)
+        result = run_cli("search", "--db", db, "--precision", "int8", QUERY, "-k", "2")
+    assert result.exit_code == 0 and "embedded at fp32, this encoder runs int8" in caplog.text
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def test_search_cli_finds_the_bundle_in_the_index(tmp_path: Path, library: Path, tiny_bundle: Path,
+                                                  encoder: Encoder) -> None:
+    db = tmp_path / "db"
+    result = run_cli("index", tiny_bundle, library, "--db", db, "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("s") and "6 added, 0 changed, 0 removed, 0 unchanged" in result.stdout
+    again = run_cli("index", tiny_bundle, library, "--db", db, "--precision", "fp32")
+    assert "0 added, 0 changed, 0 removed, 6 unchanged (0 embedded" in again.stdout
+
+    result = run_cli("search", "--db", db, QUERY, "-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert len(hits) == 3 and all(set(h) == {"path", "score"} for h in hits)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    with Index.open(db) as index:
+        expected = index.search_text(encoder, QUERY, k=3)
+    assert [h["path"] for h in hits] == [h.path for h in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in expected], atol=1e-5)
+
+    coffee = library / "b" / "coffee.jpg"
+    result = run_cli("search", "--db", db, "--image", coffee, "--json", "-k", "2")
+    first = json.loads(result.stdout)[0]
+    assert first["path"] == str(coffee) and first["score"] > 0.999
+
+    table = run_cli("search", "--db", db, QUERY, "-k", "2").stdout.splitlines()
+    assert table[0].split() == ["rank", "score", "path"] and len(table) == 3
+    assert table[1].split()[0] == "1" and table[1].split()[2] == hits[0]["path"]
+
+
+def test_search_cli_errors(tmp_path: Path, library: Path, tiny_bundle: Path) -> None:
+    missing = run_cli("search", "--db", tmp_path / "missing", QUERY)
+    assert missing.exit_code == 1 and "no index here" in missing.stderr
+    assert not (tmp_path / "missing").exists()
+    db = tmp_path / "db"
+    run_cli("index", tiny_bundle, library, "--db", db)
+    assert run_cli("search", "--db", db).exit_code == 2  # neither a text nor --image
+    assert run_cli("search", "--db", db, QUERY, "--image", library / "horse.png").exit_code == 2
+    unreadable = run_cli("search", "--db", db, "--image", library / "notes.txt")
+    assert unreadable.exit_code == 1 and "notes.txt" in unreadable.stderr
+    moved = tmp_path / "moved-bundle"
+    shutil.copytree(tiny_bundle, moved)
+    with Index.open(db) as index:
+        index.store.set_info({"bundle": str(tmp_path / "gone")})
+    gone = run_cli("search", "--db", db, QUERY)
+    assert gone.exit_code == 1 and "--bundle" in gone.stderr
+    assert run_cli("search", "--db", db, QUERY, "--bundle", moved).exit_code == 0
+    (tmp_path / "file").write_text("x")
+    assert "not a folder" in run_cli("index", tiny_bundle, library, "--db", tmp_path / "file").stderr
+
+
+# ------------------------------------------------------------------------------------- store
+
+
+def low_rank(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, 8)) @ rng.standard_normal((8, dim)) + 0.3 * rng.standard_normal((n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill(store: LocalStore, vectors: np.ndarray, start: int = 0) -> list[str]:
+    paths = [f"/v/{i:05d}" for i in range(start, start + len(vectors))]
+    store.add([Entry(p, i, i, f"d{i}") for i, p in enumerate(paths, start)], vectors)
+    return paths
+
+
+def test_store_approximate_search_rerank_matches_exact(tmp_path: Path) -> None:
+    vectors = low_rank(3000)
+    store = LocalStore(tmp_path / "db", create=True)
+    assert isinstance(store, VectorStore)
+    store.set_info({"embedding_dim": 64})
+    paths = fill(store, vectors)
+    store.close()
+    with Index(LocalStore(tmp_path / "db")) as index:  # read-only: the graph is memory-mapped
+        queries = low_rank(50, seed=1)
+        recall = np.mean([
+            len({h.path for h in index.search_vector(q, 10)} & {h.path for h in index.search_vector(q, 10, exact=True)})
+            for q in queries]) / 10
+        assert recall >= 0.95
+        for i in (0, 1234, 2999):
+            assert index.search_vector(vectors[i], 1)[0] == Hit(paths[i], pytest.approx(1.0, abs=1e-6))
+
+
+def test_store_survives_a_crash_before_the_graph_is_written(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    store = LocalStore(db, create=True)
+    store.set_info({"embedding_dim": 64})
+    first = fill(store, low_rank(200))
+    store.close()
+    graph = (db / ANN_FILE).stat().st_mtime_ns
+    # Another process commits more rows and deletes some, then dies without writing the graph.
+    script = textwrap.dedent(f"""
+        import os, numpy as np
+        from altclip_onnx.runtime.store import Entry, LocalStore
+        store = LocalStore({str(db)!r})
+        vectors = np.load({str(tmp_path / "more.npy")!r})
+        store.add([Entry(f"/late/{{i}}", i, i, f"late{{i}}") for i in range(len(vectors))], vectors)
+        store.delete([{first[0]!r}, {first[1]!r}])
+        os._exit(0)
+    """)
+    more = low_rank(100, seed=5)
+    np.save(tmp_path / "more.npy", more)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert (db / ANN_FILE).stat().st_mtime_ns == graph  # the graph is stale
+    reader = LocalStore(db)
+    assert len(reader) == 298
+    with Index(reader) as index:
+        assert index.search_vector(more[7], 1)[0] == Hit("/late/7", pytest.approx(1.0, abs=1e-6))
+        assert first[0] not in {h.path for h in index.search_vector(low_rank(200)[0], 20)}
+    writer = LocalStore(db)
+    writer.add([Entry("/new", 1, 1, "new")], low_rank(1, seed=9))  # loads the graph and reconciles it
+    writer.close()
+    from usearch.index import Index as Graph
+
+    graph = Graph.restore(str(db / ANN_FILE))
+    assert len(graph) == 299
+    with sqlite3.connect(db / SQLITE_FILE) as connection:
+        ids = {row[0] for row in connection.execute("SELECT id FROM images")}
+    assert set(np.asarray(graph.keys[:]).tolist()) == ids
+
+
+def test_store_refuses_a_second_writer_and_a_foreign_folder(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "db", create=True)
+    store.set_info({"embedding_dim": 64})
+    other = LocalStore(tmp_path / "db")
+    with pytest.raises(InputError, match="another run"):
+        other.set_info({"x": 1})
+    store.close()
+    other.set_info({"x": 1})  # free again
+    other.close()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file.txt").write_text("x")
+    with pytest.raises(InputError, match="not empty"):
+        LocalStore(tmp_path / "busy", create=True)
+    with pytest.raises(InputError, match="no index here"):
+        LocalStore(tmp_path / "nothing")
+
+
+def test_without_the_search_extra_the_error_says_how_to_install_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "usearch", None)
+    monkeypatch.setitem(sys.modules, "usearch.index", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'altclip-onnx\[search\]'"):
+        Index.open(tmp_path / "db", create=True)
+    assert not (tmp_path / "db").exists()
+
+
+# ------------------------------------------------------------------------------------- torch-free
+
+TORCH_FREE = r"""
+import contextlib, io, json, sys
+for name in ("torch", "transformers", "sentencepiece", "onnx"):
+    sys.modules[name] = None  # as if the [export] extra were not installed
+from altclip_onnx import cli
+
+out, err = io.StringIO(), io.StringIO()
+code = 0
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+        cli.main(sys.argv[1:], prog_name="altclip-onnx")
+    except SystemExit as exc:
+        code = exc.code or 0
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") and sys.modules[m])
+print(json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "loaded": loaded}))
+"""
+
+
+def cli_process(*args: object) -> dict:
+    """The CLI in a fresh interpreter where torch and transformers cannot be imported."""
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE, *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr  # also catches a crash (e.g. a native library loaded in a bad order)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    return result
+
+
+def test_index_and_search_run_without_torch_each_in_a_fresh_process(tmp_path: Path, library: Path,
+                                                                    tiny_bundle: Path) -> None:
+    db = tmp_path / "db"
+    indexed = cli_process("index", tiny_bundle, library, "--db", db)
+    assert indexed["code"] == 0, indexed["stderr"]
+    found = cli_process("search", "--db", db, "cat", "--json")  # opens the index before loading the model
+    assert found["code"] == 0, found["stderr"]
+    assert len(json.loads(found["stdout"])) == 6
+    by_image = cli_process("search", "--db", db, "--image", library / "horse.png", "-k", "1", "--json")
+    assert json.loads(by_image["stdout"])[0]["path"] == str(library / "horse.png")
