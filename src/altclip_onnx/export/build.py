@@ -134,18 +134,27 @@ def write_graphs(loaded: LoadedModel, stage: Path, options: ExportOptions, progr
         for tower in TOWERS:
             fp32 = stage / tower / model_filename("fp32")
             written: dict[str, list[Path]] = {}
+            heads, hidden = shapes[tower]
+            int8_source = raw[tower][0]
             if options.optimize:
                 progress(f"optimizing the {tower} tower")
-                heads, hidden = shapes[tower]
                 written["fp32"] = optimize.isolated(optimize.optimize_graph, raw[tower][0], fp32, tower,
                                                     num_heads=heads, hidden_size=hidden)
+                recipe = optimize.INT8_SOURCE[tower]
+                if "int8" in options.precisions and recipe is not None:
+                    int8_source = optimize.isolated(
+                        optimize.optimize_graph, raw[tower][0], Path(raw_dir) / tower / "int8-source" / "model.onnx",
+                        tower, num_heads=heads, hidden_size=hidden, recipe=recipe,
+                    )[0]
             else:
                 # The raw export is already named model.onnx (+ model.onnx.data): move it as it is.
                 fp32.parent.mkdir(parents=True, exist_ok=True)
                 written["fp32"] = [Path(shutil.move(str(f), fp32.parent / f.name)) for f in raw[tower]]
+                int8_source = fp32
             if "int8" in options.precisions:
                 progress(f"quantizing the {tower} tower to int8")
-                written["int8"] = optimize.isolated(optimize.quantize_int8, fp32, stage / tower / model_filename("int8"))
+                written["int8"] = optimize.isolated(optimize.quantize_int8, int8_source,
+                                                    stage / tower / model_filename("int8"))
             if "fp16" in options.precisions:
                 progress(f"converting the {tower} tower to fp16")
                 written["fp16"] = optimize.isolated(optimize.convert_fp16, fp32, stage / tower / model_filename("fp16"))

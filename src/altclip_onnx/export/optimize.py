@@ -77,6 +77,16 @@ class Fp16Recipe:
     op_block_list: tuple[str, ...] = ("ReduceL2", "ReduceSumSquare", "Pow", "Sqrt", "Div", "Clip", "Max")
 
 
+# Which fp32 graph each tower's int8 variant is quantized from, chosen by measurement
+# (benchmarks/compare.py, full-size m18, 2 cores, onnxruntime 1.32; batch-1 latency / batch-8 throughput):
+# - image tower: the plain unfused graph (186 ms / 5.8 img/s), ahead of the fully fused graph with
+#   QAttention (246 ms / 6.2) and of the fused graph without attention fusion (220 ms / 6.4);
+# - text tower: fused LayerNorm and BiasGelu, attention left unfused (25.8 ms / 97 texts/s), ahead of the
+#   plain graph (28.5 ms / 90) and of the fully fused graph (27.5 ms / 82).
+# onnxruntime's QAttention kernel was no faster than the unfused quantized attention on this CPU.
+# None means the plain exported graph.
+INT8_SOURCE = {VISUAL: None, TEXTUAL: FusionRecipe(attention=False)}
+
 PRESETS = {
     "default": (FusionRecipe(), Int8Recipe(), Fp16Recipe()),
     "plain": (None, Int8Recipe(op_types=("MatMul",)), Fp16Recipe()),  # what a plain export + quantize_dynamic gives
