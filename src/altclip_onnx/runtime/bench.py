@@ -179,16 +179,10 @@ def rss_command(
 def machine_facts(threads: int | None) -> dict[str, Any]:
     import onnxruntime
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .providers import cpu_model
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "threads": threads or "onnxruntime default (one per physical core)",
         "onnxruntime": onnxruntime.__version__,

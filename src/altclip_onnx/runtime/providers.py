@@ -263,6 +263,11 @@ def _cpu(os_name: str) -> tuple[str, str]:
     return vendor, model
 
 
+def cpu_model() -> str:
+    """This machine's CPU model name ("unknown" when no probe answers); never raises."""
+    return _cpu(platform.system())[1]
+
+
 def _has_nvidia() -> bool:
     return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia").exists()
 
