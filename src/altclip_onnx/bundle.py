@@ -328,6 +328,11 @@ def current_umask() -> int:
     return mask
 
 
+def refuse_non_empty(target: Path, overwrite: bool) -> None:
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise BundleError(f"{target}: exists and is not empty; pass --overwrite to replace it or choose another -o")
+
+
 @contextlib.contextmanager
 def staging_folder(target: Path, overwrite: bool) -> Iterator[Path]:
     """Build a folder in a temp sibling of ``target`` and move it into place only on success.
@@ -335,8 +340,7 @@ def staging_folder(target: Path, overwrite: bool) -> Iterator[Path]:
     A failed or interrupted build leaves ``target`` as it was (and no half-written folder).
     """
     target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise BundleError(f"{target}: exists and is not empty; pass --overwrite to replace it or choose another -o")
+    refuse_non_empty(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".building", dir=target.parent))
     try:

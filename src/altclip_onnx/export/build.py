@@ -27,6 +27,7 @@ from ..bundle import (
     Variant,
     file_entry,
     model_filename,
+    refuse_non_empty,
     staging_folder,
     write_json,
 )
@@ -80,6 +81,7 @@ def export_bundle(
     """Export ``source`` (Hub id, short name, local folder) to a verified bundle at ``output``."""
     started = time.perf_counter()
     output = Path(output)
+    refuse_non_empty(output, options.overwrite)  # before a download or a minute of loading, not after
     progress("resolving the model")
     resolved = resolve_source(source, random_init=options.random_init, seed=options.seed, cache_dir=options.cache_dir)
     progress(f"loading {resolved.name} ({resolved.kind})")
