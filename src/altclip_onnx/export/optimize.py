@@ -232,6 +232,7 @@ def quantize_int8(source: Path, destination: Path, recipe: Int8Recipe = Int8Reci
         graph = onnx.load(str(source), load_external_data=False).graph
         exclude = [n.name for n in graph.node if any(p in n.name for p in recipe.exclude_patterns)]
     large = graph_weight_bytes(source) > EXTERNAL_DATA_THRESHOLD
+    destination.parent.mkdir(parents=True, exist_ok=True)
     for stale in (destination, destination.with_name(destination.name + ".data")):
         stale.unlink(missing_ok=True)
     quantize_dynamic(
