@@ -78,11 +78,11 @@ class Fp16Recipe:
 
 
 # Which fp32 graph each tower's int8 variant is quantized from, chosen by measurement
-# (benchmarks/compare.py, full-size m18, 2 cores, onnxruntime 1.32; batch-1 latency / batch-8 throughput):
-# - image tower: the plain unfused graph (186 ms / 5.8 img/s), ahead of the fully fused graph with
-#   QAttention (246 ms / 6.2) and of the fused graph without attention fusion (220 ms / 6.4);
-# - text tower: fused LayerNorm and BiasGelu, attention left unfused (25.8 ms / 97 texts/s), ahead of the
-#   plain graph (28.5 ms / 90) and of the fully fused graph (27.5 ms / 82).
+# (benchmarks/compare.py, full-size m18, 2 cores, onnxruntime 1.32; batch-1 latency, two runs):
+# - image tower: the plain unfused graph. Busy machine: 186 ms, against 246 ms for the fully fused graph
+#   (QAttention) and 220 ms with attention left unfused; quiet machine: all three within 2% (141-143 ms).
+# - text tower: fused LayerNorm and BiasGelu, attention left unfused. Fastest at batch 1, 8 and 32 in both
+#   runs (quiet: 24.5 ms against 25.6 ms plain and 24.9 ms fully fused; 140 against 135 and 105 texts/s at 32).
 # onnxruntime's QAttention kernel was no faster than the unfused quantized attention on this CPU.
 # None means the plain exported graph.
 INT8_SOURCE = {VISUAL: None, TEXTUAL: FusionRecipe(attention=False)}
