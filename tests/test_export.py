@@ -20,7 +20,7 @@ from altclip_onnx.export import ExportOptions, export_bundle, verify_bundle
 from altclip_onnx.export import sources, towers
 from altclip_onnx.export.verify import SENTENCES, check_bundle, reference_outputs, verification_cases
 
-from .conftest import TINY_PROJECTION, TINY_TEXT, TINY_VISION, tiny_model
+from .conftest import TINY_PROJECTION, TINY_TEXT, TINY_VISION
 
 
 def session(bundle: Path, tower: str) -> ort.InferenceSession:

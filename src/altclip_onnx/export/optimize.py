@@ -87,11 +87,6 @@ class Fp16Recipe:
 # None means the plain exported graph.
 INT8_SOURCE = {VISUAL: None, TEXTUAL: FusionRecipe(attention=False)}
 
-PRESETS = {
-    "default": (FusionRecipe(), Int8Recipe(), Fp16Recipe()),
-    "plain": (None, Int8Recipe(op_types=("MatMul",)), Fp16Recipe()),  # what a plain export + quantize_dynamic gives
-}
-
 
 def isolated(step: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """Run one graph transformation in a fresh process, so its peak memory is returned when it ends."""
