@@ -1,4 +1,4 @@
-"""runtime/pipeline.py and the embed, embed-text and classify commands, on the tiny bundle and real photos."""
+"""runtime/pipeline.py, runtime/outputs.py and the embed, embed-text and classify commands, on the tiny bundle and real photos."""
 
 from __future__ import annotations
 
@@ -21,16 +21,8 @@ from PIL import Image
 from altclip_onnx.cli import main
 from altclip_onnx.errors import InputError, MissingDependencyError
 from altclip_onnx.runtime import Encoder
-from altclip_onnx.runtime.pipeline import (
-    EmbedOptions,
-    checkpoint_folder,
-    embed_images,
-    embed_images_to_file,
-    iter_image_files,
-    iter_lines,
-    read_embeddings,
-    split_labels,
-)
+from altclip_onnx.runtime.outputs import EmbedOptions, checkpoint_folder, embed_images_to_file, read_embeddings
+from altclip_onnx.runtime.pipeline import embed_images, iter_image_files, iter_lines, split_labels
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -253,7 +245,8 @@ def test_an_interrupted_run_resumes_without_redoing_work(photos: Path, tmp_path:
 KILLED_RUN = """
 import sys, time
 from altclip_onnx.runtime import Encoder
-from altclip_onnx.runtime.pipeline import EmbedOptions, embed_images_to_file, iter_image_files
+from altclip_onnx.runtime.outputs import EmbedOptions, embed_images_to_file
+from altclip_onnx.runtime.pipeline import iter_image_files
 
 encoder = Encoder(sys.argv[1], provider="cpu", precision="fp32")
 encode = encoder.encode_pixels

@@ -263,7 +263,7 @@ def report_failures(failures: Any) -> None:
 
 
 def interrupted(output: Path) -> None:
-    from .runtime.pipeline import checkpoint_folder, output_files
+    from .runtime.outputs import checkpoint_folder, output_files
 
     partial = checkpoint_folder(output_files(output)[0])
     if partial.exists():
@@ -303,7 +303,8 @@ def embed(bundle: Path, paths: tuple[Path, ...], output: Path, from_file: str | 
     An interrupted run resumes where it stopped when run again. Files that cannot be read are
     listed on stderr with the reason and skipped; the exit code is then 2.
     """
-    from .runtime.pipeline import EmbedOptions, embed_images_to_file, iter_image_files
+    from .runtime.outputs import EmbedOptions, embed_images_to_file
+    from .runtime.pipeline import iter_image_files
 
     if not paths and from_file is None:
         raise click.UsageError("give at least one PATH or --from-file")
@@ -342,7 +343,8 @@ def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: st
     """
     import itertools
 
-    from .runtime.pipeline import EmbedOptions, embed_texts_to_file, iter_lines
+    from .runtime.outputs import EmbedOptions, embed_texts_to_file
+    from .runtime.pipeline import iter_lines
 
     sources: list[Any] = []
     if texts == ("-",):

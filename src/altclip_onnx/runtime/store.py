@@ -445,7 +445,7 @@ class LocalStore:
     def _writing(self) -> None:
         """Take the writer's lock on first write: one writing process per index at a time."""
         if self._lock is None:
-            from .pipeline import _lock
+            from .outputs import _lock
 
             self._lock = _lock(self.folder / LOCK_FILE)
 
