@@ -370,13 +370,12 @@ def zero_shot_agreement(
     Near-ties (fp32's top label leads by less than ZERO_SHOT_MARGIN) are excluded; with none left the
     agreement is None (reported as n/a), as happens with random weights.
     """
+    from ..runtime.encoder import softmax  # the same probabilities the runtime's classify gives
 
     def probabilities(outputs: list[dict[str, np.ndarray]]) -> np.ndarray:
         images = np.concatenate([o["image_embeds_norm"] for o, c in zip(outputs, cases) if c.name == "photos b8"])
         texts = np.concatenate([o["text_embeds_norm"] for o, c in zip(outputs, cases) if c.name.startswith("18 ")])
-        logits = logit_scale * images.astype(np.float64) @ texts.T.astype(np.float64)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(logit_scale * images.astype(np.float64) @ texts.T.astype(np.float64))
 
     ref, got = probabilities(reference), probabilities(actual)
     top2 = np.sort(ref, axis=1)[:, -2:]
