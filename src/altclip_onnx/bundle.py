@@ -17,24 +17,24 @@ Text tower: inputs ``input_ids`` and ``attention_mask`` int64 [batch, sequence];
 ``text_embeds`` and ``text_embeds_norm``. ``batch`` and ``sequence`` are dynamic axes by those
 names. All paths inside the manifest are relative to the bundle folder, so a bundle can be moved.
 
-This module uses only the standard library and numpy; both halves import it, it imports neither.
+This module uses only the standard library; both halves import it, it imports neither.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
+import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError
+from .errors import BundleError, IntegrityError
+from .files import hash_file, read_json_object
+from .precisions import PRECISION_NAMES, precision
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
@@ -46,7 +46,6 @@ TEXTUAL = "textual"
 TOWERS = (VISUAL, TEXTUAL)
 TOKENIZER = f"{TEXTUAL}/tokenizer.json"
 PREPROCESSOR = f"{VISUAL}/preprocessor_config.json"
-PRECISIONS = ("fp32", "int8", "fp16")
 
 TOWER_INPUTS = {
     VISUAL: ("pixel_values",),
@@ -61,11 +60,9 @@ TOWER_OUTPUTS = {
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
-def model_filename(precision: str) -> str:
+def model_filename(name: str) -> str:
     """File name of a tower's graph for one precision: fp32 is plain ``model.onnx``."""
-    if precision not in PRECISIONS:
-        raise BundleError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+    return precision(name).filename
 
 
 @dataclass(frozen=True)
@@ -170,6 +167,35 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class ModelIdentity:
+    """A model's identity: what indexes and few-shot caches record, and compare, to refuse another model.
+
+    Two bundles are the same model when fingerprint and dimension agree, whatever their precision,
+    folder or name.
+    """
+
+    fingerprint: str
+    variant: str
+    source: str
+    embedding_dim: int
+
+    def same_model(self, other: ModelIdentity) -> bool:
+        return self.fingerprint == other.fingerprint and self.embedding_dim == other.embedding_dim
+
+    def describe(self) -> str:
+        name = self.variant if self.variant != "custom" or self.source == "?" else self.source
+        return f"{name} ({self.embedding_dim}-d, weights {self.fingerprint[:12]})"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(fingerprint=str(data["fingerprint"]), variant=str(data["variant"]), source=str(data["source"]),
+                   embedding_dim=int(data["embedding_dim"]))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a runtime needs to know about a bundle, and how it was made."""
 
@@ -186,7 +212,30 @@ class Manifest:
     format_version: str = FORMAT_VERSION
 
     def precisions(self, tower: str) -> list[str]:
-        return [p for p in PRECISIONS if p in self.towers.get(tower, {})]
+        return [p for p in PRECISION_NAMES if p in self.towers.get(tower, {})]
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the checksums of both towers' fp32 files: same weights, same fingerprint.
+
+        Every precision of a bundle shares it (they are one model), and a moved or copied bundle keeps
+        it; indexes and few-shot caches record it to refuse vectors from another model.
+        """
+        files: list[str] = []
+        for tower in TOWERS:
+            variants = self.towers.get(tower, {})
+            variant = variants.get("fp32") or next(iter(variants.values()), None)
+            files.extend(variant.files if variant else ())
+        lines = [f"{name} {self.files[name].sha256 if name in self.files else '-'}" for name in sorted(files)]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    def identity(self) -> ModelIdentity:
+        """Which model this bundle is (see :class:`ModelIdentity`)."""
+        return ModelIdentity(
+            fingerprint=self.fingerprint(),
+            variant=self.variant,
+            source=str(self.source.get("name") or "?"),
+            embedding_dim=self.embedding_dim,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -215,8 +264,8 @@ class Manifest:
         version = str(data.get("format_version", ""))
         try:
             major = int(version.split(".")[0])
-        except ValueError:
-            raise BundleError(f"{where}: format_version {version!r} is not a version number") from None
+        except ValueError as exc:
+            raise BundleError(f"{where}: format_version {version!r} is not a version number") from exc
         if major != SUPPORTED_MAJOR:
             raise BundleError(
                 f"{where}: bundle format {version} is not supported by this altclip-onnx "
@@ -242,7 +291,7 @@ class Manifest:
                 exported_with=dict(data.get("exported_with", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{where}: manifest is incomplete or malformed ({exc!r}); re-export the bundle") from None
+            raise BundleError(f"{where}: manifest is incomplete or malformed ({exc!r}); re-export the bundle") from exc
 
 
 def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
@@ -257,34 +306,9 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
     return Manifest.from_json(data, where=str(path))
 
 
-def read_json_object(path: Path, error: type[Exception], hint: str = "") -> dict[str, Any]:
-    """A JSON object from ``path``, or ``error`` with one line naming the file and what is wrong."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{path}: not readable JSON ({exc}){hint}") from None
-    if not isinstance(data, dict):
-        raise error(f"{path}: not a JSON object{hint}")
-    return data
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temp file beside the target, then rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_entry(bundle: Path, relpath: str) -> FileEntry:
     path = bundle / relpath
-    return FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
+    return FileEntry(sha256=hash_file(path), size=path.stat().st_size)
 
 
 def check_integrity(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> list[str]:
@@ -300,59 +324,44 @@ def check_integrity(bundle: str | os.PathLike[str], manifest: Manifest | None = 
         size = path.stat().st_size
         if size != entry.size:
             problems.append(f"{path}: size {size} bytes, manifest says {entry.size}")
-        elif sha256_file(path) != entry.sha256:
+        elif hash_file(path) != entry.sha256:
             problems.append(f"{path}: sha256 differs from the manifest (corrupt or modified)")
     return problems
 
 
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; rename it over ``target`` only if the block succeeds."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs get the usual mode
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def require_integrity(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> Manifest:
+    """Check every file against the manifest; :class:`IntegrityError` with the first problem if any fails."""
+    manifest = manifest or read_manifest(bundle)
+    problems = check_integrity(bundle, manifest)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise IntegrityError(f"{problems[0]}{more}; re-export or re-download the bundle", problems)
+    return manifest
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def check_same_model(
+    recorded_what: str,
+    recorded: ModelIdentity,
+    recorded_precision: str,
+    actual_what: str,
+    actual: ModelIdentity,
+    actual_precision: str,
+    *,
+    error: type[Exception],
+    fix: str,
+    warned: set[tuple[str, str]] | None = None,
+) -> None:
+    """Refuse vectors of another model; warn (once per ``warned`` set) when only the precision differs.
 
-
-def refuse_non_empty(target: Path, overwrite: bool) -> None:
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise BundleError(f"{target}: exists and is not empty; pass --overwrite to replace it or choose another -o")
-
-
-@contextlib.contextmanager
-def staging_folder(target: Path, overwrite: bool) -> Iterator[Path]:
-    """Build a folder in a temp sibling of ``target`` and move it into place only on success.
-
-    A failed or interrupted build leaves ``target`` as it was (and no half-written folder).
+    Indexes and few-shot caches hold vectors that mean something only to the model that made them;
+    this is the one check both use. The message reads ``"<recorded_what> <recorded>, but <actual_what>
+    <actual>; <fix>"``.
     """
-    target = Path(target)
-    refuse_non_empty(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".building", dir=target.parent))
-    try:
-        yield staging
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes a 0700 folder
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    if not recorded.same_model(actual):
+        raise error(f"{recorded_what}, but {actual_what} {actual.describe()}; {fix}")
+    key = (actual.fingerprint, actual_precision)
+    if actual_precision != recorded_precision and (warned is None or key not in warned):
+        if warned is not None:
+            warned.add(key)
+        log.warning("%s: vectors were computed at %s, this encoder runs %s (same model): scores may differ "
+                    "slightly", recorded_what, recorded_precision, actual_precision)
