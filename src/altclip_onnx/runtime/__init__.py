@@ -1,4 +1,8 @@
-"""The runtime half: onnxruntime, tokenizers, numpy and Pillow only (never torch or transformers)."""
+"""The runtime half, the engine: onnxruntime, tokenizers, numpy and Pillow only (never torch or transformers).
+
+images (pixels), text (token ids), providers (sessions), encoder (embeddings and zero-shot), pipeline
+(many inputs, decoded in threads), outputs (files, resumable), bench (timing a bundle), doctor (the install).
+"""
 
 from __future__ import annotations
 

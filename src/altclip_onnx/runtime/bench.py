@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TEXTUAL, TOWER_INPUTS, VISUAL, read_manifest
+from ..bundle import TEXTUAL, TOWER_INPUTS, VISUAL, Manifest, read_manifest
+from ..errors import InputError
+from ..files import ensure_writable_folder, write_bytes
 
 RSS_BATCH = 8
 
@@ -89,8 +91,25 @@ def measure(
     budget_s: float | None = 120.0,
     progress: Callable[[str], None] = lambda message: None,
 ) -> list[Result]:
-    """Latency at batch 1 and throughput at each batch size, interleaved per tower; then peak RSS."""
+    """Latency at batch 1 and throughput at each batch size, interleaved per tower; then peak RSS.
+
+    Before timing, one call of each candidate at batch 1 gives an estimate of the whole run, which
+    ``progress`` reports (a full-size bundle takes minutes)."""
     results = {c.name + c.tower: Result(c.name, c.tower, 0.0, size_mb=c.size_bytes / 1e6) for c in candidates}
+    first = {}
+    for c in candidates:
+        inputs = make_inputs(c.tower, 1, image_size=image_size, tokens=tokens, vocab_size=vocab_size)
+        t0 = time.perf_counter()
+        c.run(inputs)
+        first[c.name + c.tower] = time.perf_counter() - t0
+    estimate = sum(
+        # batch 1: warm-up + repeats; larger batches: warm-up + max(3, repeats // 3), roughly linear in size
+        t * ((1 + repeats) + sum(b * (1 + max(3, repeats // 3)) for b in batch_sizes)) for t in first.values()
+    )
+    if budget_s is not None:
+        estimate = min(estimate, (1 + len(batch_sizes)) * 2 * budget_s)
+    progress(f"timing {len(candidates)} graphs at batch 1 and {', '.join(map(str, batch_sizes))}: "
+             f"about {estimate / 60:.0f} min, then peak memory in fresh processes")
     for tower in (VISUAL, TEXTUAL):
         group = [c for c in candidates if c.tower == tower]
         if not group:
@@ -179,10 +198,11 @@ def rss_command(
 def machine_facts(threads: int | None) -> dict[str, Any]:
     import onnxruntime
 
-    from .providers import cpu_model
+    from .doctor import cpu_features, cpu_model
 
     return {
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "logical_cpus": os.cpu_count(),
         "threads": threads or "onnxruntime default (one per physical core)",
         "onnxruntime": onnxruntime.__version__,
@@ -214,8 +234,70 @@ def format_markdown(results: list[Result], *, baseline: str | None = None, batch
     return "\n".join(lines)
 
 
-def to_json(results: list[Result], facts: dict[str, Any], settings: dict[str, Any]) -> str:
-    return json.dumps({"machine": facts, "settings": settings, "results": [asdict(r) for r in results]}, indent=2)
+def machine_line(facts: dict[str, Any]) -> str:
+    """The header line every table carries: int8 speed depends on VNNI/AMX, so say which CPU it was."""
+    features = ", ".join(facts.get("cpu_features") or []) or "instruction sets unknown"
+    return (f"{facts['cpu']} [{features}], {facts['logical_cpus']} logical CPUs, threads: {facts['threads']}, "
+            f"onnxruntime {facts['onnxruntime']}")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    batch_sizes: tuple[int, ...] = (8, 32)
+    tokens: int = 16
+    repeats: int = 10
+    threads: int | None = None
+    provider: str | None = None
+    precisions: tuple[str, ...] = ()  # empty: every variant in the bundle
+
+    @classmethod
+    def parse(cls, batch_sizes: str, **values: Any) -> BenchSettings:
+        """Settings with ``batch_sizes`` given as text, "8,32"."""
+        try:
+            sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+        except ValueError as exc:
+            raise InputError(f"--batch-sizes: {batch_sizes!r} is not a comma-separated list of numbers") from exc
+        if not sizes or min(sizes) < 1:
+            raise InputError(f"--batch-sizes: {batch_sizes!r}: give one or more batch sizes of at least 1")
+        return cls(batch_sizes=sizes, **values)
+
+
+@dataclass
+class BenchResult:
+    bundle: Path
+    manifest: Manifest
+    settings: BenchSettings
+    machine: dict[str, Any]
+    results: list[Result]
+
+    def format_markdown(self) -> str:
+        head = (f"{self.bundle}: {self.manifest.variant}, {machine_line(self.machine)}, "
+                f"text {self.settings.tokens} tokens\n")
+        return head + "\n" + format_markdown(self.results, baseline="fp32", batch_sizes=self.settings.batch_sizes)
+
+    def to_json(self) -> str:
+        return json.dumps({"bundle": str(self.bundle), "variant": self.manifest.variant, "machine": self.machine,
+                           "settings": asdict(self.settings), "results": [asdict(r) for r in self.results]},
+                          indent=2)
+
+
+def bench_bundle(bundle: str | os.PathLike[str], settings: BenchSettings = BenchSettings(), *,
+                 output: Path | None = None, progress: Callable[[str], None] = lambda message: None) -> BenchResult:
+    """Time a bundle's variants (``altclip-onnx bench``); with ``output``, also write the JSON there
+    (its folder is checked for writability first, not after minutes of timing)."""
+    bundle = Path(bundle)
+    if output is not None:
+        ensure_writable_folder(output.absolute().parent)
+    manifest = read_manifest(bundle)
+    candidates = bundle_candidates(bundle, precisions=list(settings.precisions) or None, threads=settings.threads,
+                                   provider=settings.provider)
+    results = measure(candidates, batch_sizes=settings.batch_sizes, tokens=settings.tokens,
+                      image_size=manifest.image.size, vocab_size=manifest.text.vocab_size, repeats=settings.repeats,
+                      progress=progress)
+    result = BenchResult(bundle, manifest, settings, machine_facts(settings.threads), results)
+    if output is not None:
+        write_bytes(output, result.to_json().encode("utf-8"))
+    return result
 
 
 if __name__ == "__main__":  # the --rss-probe entry point used by measure()

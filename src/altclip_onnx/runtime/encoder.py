@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import PRECISIONS, TEXTUAL, TOKENIZER, TOWER_OUTPUTS, VISUAL, Manifest, read_manifest
+from ..bundle import TEXTUAL, TOKENIZER, TOWER_OUTPUTS, VISUAL, Manifest, ModelIdentity, read_manifest
 from ..errors import BundleError, InputError
+from ..precisions import AUTO, PRECISION_NAMES, auto_order
 from .images import ImageInput, preprocess_batch
-from .providers import CPU, choose_providers, make_session
+from .providers import choose_providers, make_session
+from .text import check_texts, load_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +34,18 @@ DEFAULT_TEMPLATES = (
     "{}",
 )
 
-# Which precision "auto" takes, per execution provider, when the bundle has it.
-AUTO_PRECISION = {
-    CPU: ("int8", "fp32"),
-    "CUDAExecutionProvider": ("fp16", "fp32"),
-    "TensorrtExecutionProvider": ("fp16", "fp32"),
-}
-
-
 def pick_precision(manifest: Manifest, tower: str, requested: str, provider: str) -> str:
     """The precision variant to load for one tower: a pure function of bundle, request and provider."""
     available = manifest.precisions(tower)
     if not available:
         raise BundleError(f"the bundle's manifest lists no {tower} model; re-export the bundle")
-    if requested == "auto":
-        for precision in AUTO_PRECISION.get(provider, ("fp32",)):
+    if requested == AUTO:
+        for precision in auto_order(provider):
             if precision in available:
                 return precision
         return available[0]
-    if requested not in PRECISIONS:
-        raise InputError(f"unknown precision {requested!r}: choose auto, {', '.join(PRECISIONS)}")
+    if requested not in PRECISION_NAMES:
+        raise InputError(f"unknown precision {requested!r}: choose {AUTO}, {', '.join(PRECISION_NAMES)}")
     if requested not in available:
         raise InputError(
             f"the bundle's {tower} tower has no {requested} variant (it has {', '.join(available)}); "
@@ -69,6 +63,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """Labels as given, or InputError for none, a non-string, an empty one or a repeat (after trimming):
+    a repeated label would split its probability in two, or be merged and read 100%."""
+    labels = check_texts(labels, what="label")
+    if not labels:
+        raise InputError("no labels given")
+    seen: dict[str, str] = {}
+    for label in labels:
+        key = label.strip()
+        if not key:
+            raise InputError("a label is empty; give every label some text")
+        if key in seen:
+            raise InputError(f"label {key!r} is given twice; give each label once")
+        seen[key] = label
+    return labels
 
 
 def fill_templates(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -92,7 +103,7 @@ class Encoder:
         bundle: str | os.PathLike[str],
         *,
         provider: str | None = None,
-        precision: str = "auto",
+        precision: str = AUTO,
         threads: int | None = None,
         max_length: int | None = None,
     ) -> None:
@@ -111,6 +122,7 @@ class Encoder:
             raise InputError(f"max_length must be 3..{self.manifest.text.model_max_length}, not {self.max_length}")
         self._sessions: dict[str, Any] = {}
         self._tokenizer: Any = None
+        self._identity: ModelIdentity | None = None
 
     def __repr__(self) -> str:
         return (
@@ -126,6 +138,13 @@ class Encoder:
     def logit_scale(self) -> float:
         return self.manifest.logit_scale
 
+    @property
+    def identity(self) -> ModelIdentity:
+        """Which model this is, whatever its precision or folder (see :class:`~altclip_onnx.bundle.ModelIdentity`)."""
+        if self._identity is None:
+            self._identity = self.manifest.identity()
+        return self._identity
+
     def session(self, tower: str) -> Any:
         if tower not in self._sessions:
             variant = self.manifest.towers[tower][self.precisions[tower]]
@@ -137,26 +156,12 @@ class Encoder:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
-            path = self.bundle / TOKENIZER
-            try:
-                tokenizer = Tokenizer.from_file(str(path))
-            except Exception as exc:
-                raise BundleError(f"{path}: not a readable tokenizer ({exc}); re-export the bundle") from None
-            tokenizer.enable_truncation(max_length=self.max_length)
-            tokenizer.enable_padding(pad_id=self.manifest.text.pad_id, pad_token="<pad>")
-            self._tokenizer = tokenizer
+            self._tokenizer = load_tokenizer(self.bundle / TOKENIZER, self.manifest.text, self.max_length)
         return self._tokenizer
 
     def tokenize(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
         """XLM-R ids padded to the longest text (pad id 1, mask 0), truncated to max_length keeping ``</s>``."""
-        texts = check_texts(texts)
-        encodings = self.tokenizer.encode_batch(texts)
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        }
+        return tokenize(self.tokenizer, check_texts(texts))
 
     def encode_texts(self, texts: str | Sequence[str], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         """float32 [N, D]; L2-normalized unless ``normalize=False`` (then equal to get_text_features)."""
@@ -204,7 +209,7 @@ class Encoder:
 
     def text_classifier(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
         """float32 [len(labels), D]: per label, the renormalized mean of its normalized template embeddings."""
-        labels = check_texts(labels, what="label")
+        labels = check_labels(labels)
         if templates is None:
             templates = DEFAULT_TEMPLATES
         templates = [templates] if isinstance(templates, str) else list(templates)  # one string is one template
@@ -236,18 +241,6 @@ def as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     if isinstance(images, np.ndarray) and images.ndim in (2, 3):
         return [images]
     return list(images)  # type: ignore[arg-type]
-
-
-def check_texts(texts: str | Sequence[str], what: str = "text") -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    texts = list(texts)
-    for text in texts:
-        if not isinstance(text, str):
-            raise InputError(f"every {what} must be a string, got {type(text).__name__}")
-    if what == "label" and not texts:
-        raise InputError("no labels given")
-    return texts
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,8 +37,9 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from ..bundle import TEXTUAL, VISUAL, atomic_path
-from ..errors import InputError, MissingDependencyError
+from ..bundle import TEXTUAL, VISUAL
+from ..errors import InputError, Interrupted, MissingDependencyError, OutputError
+from ..files import atomic_path, ensure_writable_folder, lock_file, write_bytes
 from .encoder import Encoder
 from .pipeline import TEXT_BATCH_SIZE, Batch, Failure, embed_images, embed_texts
 
@@ -93,10 +93,14 @@ class EmbedReport:
 
 def output_files(output: str | os.PathLike[str], kind: str = "image") -> tuple[Path, ...]:
     """The files a run writes for ``output``: ``(x.parquet,)`` or ``(x.npy, x.paths.txt)``
-    (``x.texts.jsonl`` for texts); ``x`` and ``x.npy`` name the same pair."""
+    (``x.texts.jsonl`` for texts); ``x`` and ``x.npy`` name the same pair. Any other extension
+    (``x.csv``) is an :class:`InputError`: it would silently become ``x.csv.npy``."""
     output = Path(output)
     if output.suffix.lower() == PARQUET:
         return (output,)
+    if output.suffix and output.suffix.lower() != ".npy":
+        raise InputError(f"{output}: unknown output format {output.suffix!r}; name it OUT.npy (or just OUT) "
+                         "for .npy + a list file, or OUT.parquet")
     stem = output.with_suffix("") if output.suffix.lower() == ".npy" else output
     side = "paths.txt" if kind == "image" else "texts.jsonl"
     return stem.with_name(stem.name + ".npy"), stem.with_name(f"{stem.name}.{side}")
@@ -190,9 +194,10 @@ def _run(
     if not checkpoint.folder.exists() and not options.overwrite:
         existing = [str(p) for p in outputs if p.exists()]
         if existing:
-            raise InputError(
+            raise OutputError(
                 f"{', '.join(existing)}: already exists; pass --overwrite to replace it or choose another -o"
             )
+    ensure_writable_folder(outputs[0].parent)  # before the work, not after it
     done = checkpoint.open()  # locked from here on: one run per output at a time
     try:
         resumed = checkpoint.rows
@@ -200,7 +205,14 @@ def _run(
             log.info("%s: resuming, %d rows already done", checkpoint.folder, resumed)
         failures: list[Failure] = []
         todo = _todo(inputs, done, failures, outputs if kind == "image" else None)
-        _embed_into(checkpoint, stream(todo), failures)
+        try:
+            seen = _embed_into(checkpoint, stream(todo), failures)
+        except KeyboardInterrupt as exc:
+            kept = (f"finished rows are kept in {checkpoint.folder}: rerun the same command to resume"
+                    if checkpoint.rows else "nothing was written")
+            raise Interrupted(f"interrupted; {kept}") from exc
+        if not seen and not resumed and kind == "text":
+            raise InputError("no texts to embed: the arguments, list or standard input held none")
         if parquet:
             _write_parquet(outputs[0], checkpoint, kind, meta)
         else:
@@ -228,10 +240,13 @@ def _todo(
         yield item
 
 
-def _embed_into(checkpoint: _Checkpoint, batches: Iterator[Batch], failures: list[Failure]) -> None:
-    """Checkpoint every batch; on any exception (Ctrl-C too) keep what was finished, then re-raise."""
+def _embed_into(checkpoint: _Checkpoint, batches: Iterator[Batch], failures: list[Failure]) -> int:
+    """Checkpoint every batch; on any exception (Ctrl-C too) keep what was finished, then re-raise.
+    Returns how many inputs the batches held (embedded or failed)."""
+    seen = 0
     try:
         for batch in batches:
+            seen += len(batch.items) + len(batch.failures)
             failures.extend(batch.failures)
             checkpoint.add(batch.items, batch.embeddings)
     except BaseException:
@@ -240,6 +255,7 @@ def _embed_into(checkpoint: _Checkpoint, batches: Iterator[Batch], failures: lis
             checkpoint.remove()  # nothing to resume: leave no trace
         raise
     checkpoint.flush()
+    return seen
 
 
 class _Checkpoint:
@@ -260,7 +276,7 @@ class _Checkpoint:
     def open(self) -> collections.Counter[str]:
         """Create and lock the folder, or lock and load it: the counts of inputs already done."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.folder / "lock")
+        self._lock = lock_file(self.folder / "lock", str(self.folder))
         try:
             return self._load()
         except BaseException:
@@ -283,7 +299,7 @@ class _Checkpoint:
                 stored = None
             if stored != json.loads(json.dumps(self.meta)):
                 differs = sorted(k for k in self.meta if not isinstance(stored, dict) or stored.get(k) != self.meta[k])
-                raise InputError(
+                raise OutputError(
                     f"{self.folder}: holds an interrupted run with other settings "
                     f"({', '.join(differs) or 'unreadable'}); "
                     "rerun with the same bundle and options, or delete the folder to start over"
@@ -344,57 +360,7 @@ class _Checkpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _write(self, path: Path, data: bytes) -> None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-        _fsync_folder(path.parent)
-
-
-def _lock(path: Path) -> IO[str]:
-    """An exclusive lock on ``path`` held while the returned file is open, or InputError if taken."""
-    stream = open(path, "a+", encoding="utf-8")
-    try:
-        if sys.platform == "win32":
-            import msvcrt
-
-            stream.seek(0)
-            msvcrt.locking(stream.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        try:
-            stream.seek(0)
-            holder = stream.read().strip()
-        except OSError:
-            holder = ""
-        stream.close()
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise InputError(
-            f"{path.parent}: another run{who} is writing this output; wait for it to finish or stop it"
-        ) from None
-    stream.seek(0)
-    stream.truncate()
-    stream.write(str(os.getpid()))
-    stream.flush()
-    return stream
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_bytes(path, data, durable=True)
 
 
 def _write_npy(outputs: tuple[Path, ...], checkpoint: _Checkpoint, kind: str) -> None:
@@ -438,6 +404,6 @@ def _pyarrow(feature: str) -> tuple[Any, Any]:
     try:
         import pyarrow
         import pyarrow.parquet
-    except ImportError:
-        raise MissingDependencyError(feature, "parquet", "pyarrow") from None
+    except ImportError as exc:
+        raise MissingDependencyError(feature, "parquet", "pyarrow") from exc
     return pyarrow, pyarrow.parquet

@@ -1,6 +1,6 @@
-"""Embedding many files: find them, decode in threads while the model runs, write, resume.
+"""Embedding many inputs: find them, and decode in threads while the model runs.
 
-Three layers, each usable alone:
+Two layers, each usable alone:
 
 - **Inputs**: :func:`iter_image_files` walks paths, folders (recursively) and list files lazily,
   in a fixed order; :func:`iter_lines` reads one item per line from a file or a stream.
@@ -27,12 +27,12 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, TypeVar, Union
 
 import numpy as np
 
 from ..errors import InputError
-from .encoder import Encoder, check_batch_size
+from .encoder import Encoder, check_batch_size, check_labels
 from .images import load_image, preprocess
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ CANDIDATE_EXTENSIONS = (
 )  # fmt: skip
 TEXT_BATCH_SIZE = 32
 
+_T = TypeVar("_T")
 LineSource = Union[str, os.PathLike, IO[str], IO[bytes]]
 
 
@@ -65,6 +66,7 @@ def iter_image_files(
     *,
     from_file: LineSource | None = None,
     extensions: Iterable[str] | None = None,
+    require_any: bool = True,
 ) -> Iterator[Path]:
     """Every image file under ``paths``, then under the lines of ``from_file``, lazily.
 
@@ -75,13 +77,26 @@ def iter_image_files(
     then reported as a failure when it is loaded. ``from_file`` lists one path (file or
     folder) per line; blank lines are skipped, and relative paths are relative to the current
     directory. Paths keep the form they were given in (relative stays relative).
+
+    A folder without image files is logged; when nothing at all was found and ``require_any``, the
+    stream ends with :class:`InputError` naming where it looked (an empty folder, a typo in a glob).
     """
     wanted = frozenset(e.lower() for e in extensions) if extensions is not None else image_extensions()
+    found = 0
+    looked: list[str] = []
 
     def expand(path: Path) -> Iterator[Path]:
+        nonlocal found
+        looked.append(os.fsdecode(path))
         if path.is_dir():
-            yield from _walk(path, wanted)
+            before = found
+            for file in _walk(path, wanted):
+                found += 1
+                yield file
+            if found == before:
+                log.warning("%s: no image files in this folder", path)
         else:
+            found += 1
             yield path
 
     for path in paths:
@@ -90,6 +105,11 @@ def iter_image_files(
         for line in _raw_lines(from_file):
             if line.strip():
                 yield from expand(Path(os.fsdecode(line)))
+    if require_any and not found:
+        where = ", ".join(looked[:3]) + (f" and {len(looked) - 3} more" if len(looked) > 3 else "")
+        kinds = ", ".join(sorted(wanted))
+        raise InputError(f"no image files found under {where or 'the list'} (looked for {kinds}); "
+                         "check the path")
 
 
 def _walk(folder: Path, wanted: frozenset[str]) -> Iterator[Path]:
@@ -134,7 +154,7 @@ def _raw_lines(source: LineSource) -> Iterator[bytes]:
             yield from _split_lines(stream)
     except OSError as exc:
         name = os.fsdecode(source)  # type: ignore[arg-type]
-        raise InputError(f"{name}: cannot read the list ({exc.strerror or exc})") from None
+        raise InputError(f"{name}: cannot read the list ({exc.strerror or exc})") from exc
 
 
 def _split_lines(stream: Any) -> Iterator[bytes]:
@@ -151,11 +171,13 @@ def _split_lines(stream: Any) -> Iterator[bytes]:
 def split_labels(comma_separated: Iterable[str] = (), single: Iterable[str] = ()) -> list[str]:
     """Labels from comma-separated lists and single labels (which may hold commas), in order.
 
-    Whitespace around each label is stripped; empty labels and repeats are dropped.
+    Whitespace around each label is stripped and empty pieces (``a,,b``, a trailing comma) are
+    dropped; a label given twice is an :class:`InputError` (see :func:`check_labels`).
     """
     labels = [part.strip() for text in comma_separated for part in text.split(",")]
     labels += [label.strip() for label in single]
-    return list(dict.fromkeys(label for label in labels if label))
+    labels = [label for label in labels if label]
+    return check_labels(labels) if labels else []
 
 
 # -------------------------------------------------------------------------------------- streams
@@ -293,7 +315,7 @@ def embed_texts(
     check_batch_size(batch_size)
     bar = _progress_bar(progress, "texts")
     try:
-        for chunk in _chunks(texts, 8 * batch_size):
+        for chunk in batched(texts, 8 * batch_size):
             embeddings = encoder.encode_texts(chunk, batch_size=batch_size, normalize=normalize)
             bar.update(len(chunk))
             yield Batch(chunk, np.asarray(embeddings, dtype=np.float32))
@@ -332,8 +354,10 @@ def _progress_bar(progress: bool, unit: str) -> Any:
     return tqdm(unit=f" {unit}", file=sys.stderr, disable=None if progress else True, dynamic_ncols=True)
 
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
+def batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), lazily; ``itertools.batched``
+    arrives only in Python 3.12."""
+    chunk: list[_T] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:

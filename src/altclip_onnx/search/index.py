@@ -2,8 +2,7 @@
 
 ::
 
-    from altclip_onnx import Encoder
-    from altclip_onnx.runtime.search import Index
+    from altclip_onnx import Encoder, Index
 
     encoder = Encoder("onnx/AltCLIP-m18")
     with Index.open("photos.idx", create=True) as index:
@@ -20,23 +19,22 @@ takes that vector without running the model. Rows under a folder whose files are
 longer be read, are removed. Each embedded batch is committed, so an interrupted run keeps its
 work and a rerun continues; a second process writing the same index is refused.
 
-**Model record.** The index records which bundle made it: the bundle's path, variant, source
-name, embedding dimension, image-tower precision and a fingerprint of the fp32 weights. Updating
-or querying with another model (or dimension) raises :class:`~altclip_onnx.errors.InputError`;
-another precision of the same model logs a warning and goes on.
+**Model record.** The index records which bundle made it: the model's identity
+(:class:`~altclip_onnx.bundle.ModelIdentity`: variant, source name, dimension, weights fingerprint),
+the bundle's path and the image tower's precision. Updating or querying with another model raises
+:class:`~altclip_onnx.errors.StoreError`; another precision of the same model logs a warning.
 
 **Search.** The approximate index proposes ``max(4k, 50)`` candidates, which are re-ranked by
 exact cosine against the stored float32 vectors: scores are exact, and a photo queried by itself
 comes first with a score of about 1.
 
-**Storage** sits behind :class:`~altclip_onnx.runtime.store.VectorStore`; the default is
-:class:`~altclip_onnx.runtime.store.LocalStore` (SQLite + a usearch HNSW graph in one folder,
+**Storage** sits behind :class:`~altclip_onnx.search.store.VectorStore`; the default is
+:class:`~altclip_onnx.search.store.local.LocalStore` (SQLite + a usearch HNSW graph in one folder,
 ``[search]`` extra).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -46,12 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TOWERS, VISUAL, read_manifest
-from ..errors import BundleError, InputError
-from .encoder import Encoder, l2_normalize
-from .images import ImageInput
-from .pipeline import Failure, embed_images, iter_image_files
-from .store import Entry, LocalStore, VectorStore
+from ..bundle import VISUAL, ModelIdentity, check_same_model, read_manifest
+from ..errors import BundleError, InputError, Interrupted, StoreError
+from ..files import hash_file
+from ..runtime.encoder import Encoder, l2_normalize
+from ..runtime.images import ImageInput
+from ..runtime.pipeline import Failure, embed_images, iter_image_files
+from .store import Entry, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -71,46 +70,28 @@ class Hit:
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """Which bundle embedded an index's images."""
+    """Which bundle embedded an index's images: the model, where the bundle was, at which precision."""
 
-    bundle: str  # absolute path at index time
-    variant: str
-    source: str
-    embedding_dim: int
+    identity: ModelIdentity
+    bundle: str  # absolute path at the last index run
     precision: str  # of the image tower
-    fingerprint: str  # sha256 over the checksums of both towers' fp32 files
 
     @classmethod
     def of(cls, encoder: Encoder) -> ModelRecord:
-        manifest = encoder.manifest
-        digest = hashlib.sha256()
-        for tower in TOWERS:
-            precisions = manifest.precisions(tower)
-            variant = manifest.towers[tower]["fp32" if "fp32" in precisions else precisions[0]]
-            for name in variant.files:
-                entry = manifest.files.get(name)
-                digest.update(f"{name}\0{entry.sha256 if entry else ''}\n".encode())
-        return cls(
-            bundle=os.path.abspath(encoder.bundle),
-            variant=manifest.variant,
-            source=str(manifest.source.get("name", "")),
-            embedding_dim=manifest.embedding_dim,
-            precision=encoder.precisions[VISUAL],
-            fingerprint=digest.hexdigest(),
-        )
+        return cls(encoder.identity, os.path.abspath(encoder.bundle), encoder.precisions[VISUAL])
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> ModelRecord | None:
-        if not all(key in info for key in _MODEL_KEYS):
+        try:
+            return cls(ModelIdentity.from_json(info["model"]), str(info["bundle"]), str(info["precision"]))
+        except (KeyError, TypeError, ValueError):
             return None
-        return cls(**{key: info[key] for key in _MODEL_KEYS})
 
     def to_info(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in _MODEL_KEYS}
+        return {"model": self.identity.to_json(), "bundle": self.bundle, "precision": self.precision}
 
     def describe(self) -> str:
-        name = self.variant if self.variant != "custom" or not self.source else self.source
-        return f"{name} ({self.embedding_dim}-d, {self.precision}, weights {self.fingerprint[:12]})"
+        return f"{self.identity.describe()} at {self.precision}"
 
 
 @dataclass(frozen=True)
@@ -168,6 +149,8 @@ class Index:
     @classmethod
     def open(cls, db: str | os.PathLike[str], *, create: bool = False) -> Index:
         """The index in folder ``db``; ``create=True`` makes an empty one if there is none."""
+        from .store.local import LocalStore
+
         return cls(LocalStore(db, create=create), name=os.fsdecode(db))
 
     def __len__(self) -> int:
@@ -204,24 +187,21 @@ class Index:
         except BundleError as exc:
             if bundle is not None:
                 raise
-            raise InputError(f"{self.name}: cannot load the bundle it was made with ({exc}); "
-                             "pass the bundle explicitly (--bundle)") from None
+            raise StoreError(f"{self.name}: cannot load the bundle it was made with ({exc}); "
+                             "pass the bundle explicitly (--bundle)") from exc
 
     def check(self, encoder: Encoder) -> None:
-        """Raise InputError if ``encoder`` is another model than the index's; warn on another precision."""
+        """Raise StoreError if ``encoder`` is another model than the index's; warn once on another precision."""
         model = self.model
         if model is None:
             return
-        actual = ModelRecord.of(encoder)
-        if actual.embedding_dim != model.embedding_dim or actual.fingerprint != model.fingerprint:
-            raise InputError(
-                f"{self.name}: made with {model.describe()} from {model.bundle}, but {encoder.bundle} is "
-                f"{actual.describe()}; use the bundle that made the index, or index into a new --db")
-        key = (actual.fingerprint, actual.precision)
-        if actual.precision != model.precision and key not in self._warned:
-            self._warned.add(key)
-            log.warning("%s: images were embedded at %s, this encoder runs %s (same model): scores may differ "
-                        "slightly", self.name, model.precision, actual.precision)
+        precision = encoder.precisions[VISUAL]
+        check_same_model(
+            f"{self.name}: made with {model.describe()} from {model.bundle}", model.identity, model.precision,
+            f"{encoder.bundle} is", encoder.identity, precision, error=StoreError,
+            fix="use the bundle that made the index, or index into a new --db",
+            warned=self._warned,
+        )
 
     # --- update -------------------------------------------------------------------------------
 
@@ -255,6 +235,9 @@ class Index:
             # Files gone from the folders, and files that can no longer be read (their rows are stale).
             failed = {failure.item for failure in plan.failures}
             removed = self.store.delete(path for path in plan.known if path not in plan.seen or path in failed)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(f"interrupted; {len(self)} images are indexed in {self.name}: rerun the same command "
+                              "to continue") from exc
         finally:
             self.store.flush()  # on Ctrl-C too: the approximate index keeps up with what was committed
         failures = tuple(plan.failures)
@@ -263,7 +246,7 @@ class Index:
 
     def _todo(self, plan: _Plan, roots: list[str]) -> Iterator[str]:
         """The paths that need the model, in walk order; decides every other file on the way."""
-        for path in iter_image_files(roots):
+        for path in iter_image_files(roots, require_any=False):
             name = os.fsdecode(path)
             plan.seen.add(name)
             old = plan.known.get(name)
@@ -280,7 +263,7 @@ class Index:
                 plan.unchanged += 1
                 continue
             try:
-                digest = file_digest(name)
+                digest = hash_file(name, DIGEST)
             except OSError as exc:
                 plan.failures.append(Failure(name, f"cannot read it ({exc.strerror or exc})"))
                 continue
@@ -327,8 +310,9 @@ class Index:
             raise InputError(f"k must be at least 1, not {k}")
         query = l2_normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         model = self.model
-        if model is not None and query.shape[0] != model.embedding_dim:
-            raise InputError(f"{self.name}: holds {model.embedding_dim}-d vectors; the query is {query.shape[0]}-d")
+        if model is not None and query.shape[0] != model.identity.embedding_dim:
+            raise InputError(f"{self.name}: holds {model.identity.embedding_dim}-d vectors; "
+                             f"the query is {query.shape[0]}-d")
         if exact:
             paths: list[str] = []
             scores: list[np.ndarray] = []
@@ -354,18 +338,9 @@ class Index:
     def _require_model(self) -> ModelRecord:
         model = self.model
         if model is None:
-            raise InputError(f"{self.name}: the index is empty; build it with 'altclip-onnx index BUNDLE FOLDER "
+            raise StoreError(f"{self.name}: the index is empty; build it with 'altclip-onnx index BUNDLE FOLDER "
                              f"--db {self.name}'")
         return model
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """blake2b-128 of the file's bytes, hex."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:

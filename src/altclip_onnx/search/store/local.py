@@ -1,11 +1,6 @@
-"""Where a search index keeps its rows: a small storage interface and the embedded store behind it.
+"""The embedded index store, the default :class:`~altclip_onnx.search.store.base.VectorStore`.
 
-:class:`VectorStore` is everything :class:`~altclip_onnx.runtime.search.Index` needs from storage:
-add (upsert by path), delete, approximate search, get, iterate metadata, and a key-value record of
-the model that made the index. A server backend (Qdrant, pgvector, LanceDB Cloud, ...) is one more
-class with these methods; the Index and the CLI do not change.
-
-:class:`LocalStore` is the default: a folder holding
+:class:`LocalStore` is a folder holding
 
 - ``index.sqlite3``: the source of truth. One row per image (path, size, mtime, content digest) and
   its float32 vector (in a table of its own, so listing files does not read vectors), plus the
@@ -34,12 +29,14 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any
 
 import numpy as np
 
-from ..bundle import atomic_path
-from ..errors import InputError, MissingDependencyError
+from ...errors import MissingDependencyError, StoreError
+from ...files import atomic_path, lock_file
+from ...runtime.pipeline import batched
+from .base import Entry
 
 log = logging.getLogger(__name__)
 
@@ -48,66 +45,6 @@ ANN_FILE = "ann.usearch"
 LOCK_FILE = "lock"
 STORE_FORMAT = 1
 _SQL_CHUNK = 500  # ids or paths per "IN (...)" query, well under SQLite's variable limit
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One indexed file: its path, ``os.stat`` size and mtime (ns), and a digest of its bytes."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    digest: str
-
-
-@runtime_checkable
-class VectorStore(Protocol):
-    """Storage for an index: rows of (:class:`Entry`, unit-length float32 vector) keyed by path.
-
-    Each :meth:`add` and :meth:`delete` is atomic and kept once it returns; :meth:`flush` makes any
-    derived structure (an ANN graph) durable too, and :meth:`close` releases the store.
-    """
-
-    def __len__(self) -> int: ...
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """The key-value record stored with the index (which model made it, ...)."""
-        ...
-
-    def set_info(self, values: Mapping[str, Any]) -> None: ...
-
-    def add(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
-        """Insert or replace rows by path; a row whose vector is unchanged only gets the new metadata."""
-        ...
-
-    def delete(self, paths: Iterable[str]) -> int:
-        """Remove rows by path; returns how many existed."""
-        ...
-
-    def search(self, vector: np.ndarray, count: int) -> tuple[list[str], np.ndarray]:
-        """Up to ``count`` approximate nearest rows to ``vector``: their paths and stored vectors."""
-        ...
-
-    def get(self, paths: Sequence[str]) -> tuple[list[Entry], np.ndarray]:
-        """The rows of those ``paths`` that exist, in the given order, with their vectors."""
-        ...
-
-    def entries(self, under: str | None = None) -> Iterator[Entry]:
-        """Every row's metadata (only paths starting with ``under`` when given), by path."""
-        ...
-
-    def find_digest(self, digest: str) -> np.ndarray | None:
-        """The vector of some row whose file had this content digest, if any."""
-        ...
-
-    def scan(self) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Every row as (paths, vectors) chunks, for exact search."""
-        ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -129,8 +66,8 @@ def _usearch() -> Any:
 
     try:
         import usearch.index
-    except ImportError:
-        raise MissingDependencyError("search", "search", "usearch") from None
+    except ImportError as exc:
+        raise MissingDependencyError("search", "search", "usearch") from exc
     return usearch.index
 
 
@@ -164,12 +101,12 @@ class LocalStore:
         sqlite_path = self.folder / SQLITE_FILE
         if not sqlite_path.is_file():
             if not create:
-                raise InputError(f"{self.folder}: no index here; build one with 'altclip-onnx index BUNDLE FOLDER "
+                raise StoreError(f"{self.folder}: no index here; build one with 'altclip-onnx index BUNDLE FOLDER "
                                  f"--db {self.folder}'")
             if self.folder.exists() and not self.folder.is_dir():
-                raise InputError(f"{self.folder}: exists and is not a folder; choose another --db")
+                raise StoreError(f"{self.folder}: exists and is not a folder; choose another --db")
             if self.folder.is_dir() and any(self.folder.iterdir()):
-                raise InputError(f"{self.folder}: not empty and not an index; choose another --db")
+                raise StoreError(f"{self.folder}: not empty and not an index; choose another --db")
             self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(sqlite_path, isolation_level=None)
@@ -178,12 +115,12 @@ class LocalStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise InputError(f"{sqlite_path}: not a usable index database ({exc})") from None
+            raise StoreError(f"{sqlite_path}: not a usable index database ({exc})") from exc
         stored = self.info.get("store_format")
         if stored is None:
             self._write_info({"store_format": STORE_FORMAT})
         elif stored != STORE_FORMAT:
-            raise InputError(f"{self.folder}: index format {stored} is not supported by this altclip-onnx "
+            raise StoreError(f"{self.folder}: index format {stored} is not supported by this altclip-onnx "
                              f"(it reads format {STORE_FORMAT}); upgrade altclip-onnx or re-index into a new --db")
         self._ann: Any = None
         self._writable = False  # the graph in memory holds every row (else: a read-only view, see _tail)
@@ -225,7 +162,7 @@ class LocalStore:
     def add(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(entries):
-            raise InputError(f"add: {len(entries)} entries but vectors of shape {vectors.shape}")
+            raise ValueError(f"add: {len(entries)} entries but vectors of shape {vectors.shape}")  # a caller's bug
         if not len(entries):
             return
         self._check_dim(vectors.shape[1])
@@ -264,7 +201,7 @@ class LocalStore:
         self._writing()
         ids: list[int] = []
         with self._transaction():
-            for chunk in _chunks(paths, _SQL_CHUNK):
+            for chunk in batched(paths, _SQL_CHUNK):
                 marks = ",".join("?" * len(chunk))
                 found = [row[0] for row in self._db.execute(f"SELECT id FROM images WHERE path IN ({marks})", chunk)]
                 for table in ("images", "vectors"):
@@ -277,7 +214,7 @@ class LocalStore:
 
     def get(self, paths: Sequence[str]) -> tuple[list[Entry], np.ndarray]:
         found: dict[str, tuple[Entry, bytes]] = {}
-        for chunk in _chunks(list(paths), _SQL_CHUNK):
+        for chunk in batched(list(paths), _SQL_CHUNK):
             marks = ",".join("?" * len(chunk))
             for path, size, mtime_ns, digest, blob in self._db.execute(
                     f"SELECT path, size, mtime_ns, digest, vector FROM images JOIN vectors USING (id) "
@@ -322,7 +259,7 @@ class LocalStore:
                 ids += [tail[i][0] for i in best]
         paths: list[str] = []
         blobs: list[bytes] = []
-        for chunk in _chunks(list(dict.fromkeys(ids)), _SQL_CHUNK):  # rows deleted since are simply not found
+        for chunk in batched(list(dict.fromkeys(ids)), _SQL_CHUNK):  # rows deleted since are simply not found
             marks = ",".join("?" * len(chunk))
             for path, blob in self._db.execute(
                     f"SELECT path, vector FROM images JOIN vectors USING (id) WHERE id IN ({marks})", chunk):
@@ -371,7 +308,7 @@ class LocalStore:
 
     def _new_ann(self) -> Any:
         if self.dim is None:
-            raise InputError(f"{self.folder}: the index does not record its embedding dimension")
+            raise StoreError(f"{self.folder}: the index does not record its embedding dimension; re-index into a new --db")
         o = self.options
         return self._usearch.Index(ndim=self.dim, metric="cos", dtype=o.dtype, connectivity=o.connectivity,
                                    expansion_add=o.expansion_add, expansion_search=o.expansion_search)
@@ -385,7 +322,7 @@ class LocalStore:
         missing = np.setdiff1d(ids, keys)
         if stale.size:
             ann.remove(stale)
-        for chunk in _chunks(missing.tolist(), _SQL_CHUNK):
+        for chunk in batched(missing.tolist(), _SQL_CHUNK):
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(f"SELECT id, vector FROM vectors WHERE id IN ({marks})", chunk).fetchall()
             ann.add(np.array([row[0] for row in rows], dtype=np.uint64), self._matrix([row[1] for row in rows]))
@@ -445,16 +382,14 @@ class LocalStore:
     def _writing(self) -> None:
         """Take the writer's lock on first write: one writing process per index at a time."""
         if self._lock is None:
-            from .outputs import _lock
-
-            self._lock = _lock(self.folder / LOCK_FILE)
+            self._lock = lock_file(self.folder / LOCK_FILE, str(self.folder))
 
     def _check_dim(self, dim: int) -> None:
         if self.dim is None:
             self._writing()
             self._write_info({"embedding_dim": dim})
         elif dim != self.dim:
-            raise InputError(f"{self.folder}: holds {self.dim}-d vectors, not {dim}-d")
+            raise StoreError(f"{self.folder}: holds {self.dim}-d vectors, not {dim}-d")
 
     def _transaction(self) -> Any:
         return _Transaction(self._db)
@@ -477,8 +412,3 @@ class _Transaction:
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -1,0 +1,76 @@
+"""What an index needs from storage: the :class:`VectorStore` interface and its row type.
+
+:class:`VectorStore` is everything :class:`~altclip_onnx.search.Index` needs from storage: add
+(upsert by path), delete, approximate search, get, iterate metadata, and a key-value record of the
+model that made the index. :class:`~altclip_onnx.search.store.local.LocalStore` (SQLite + usearch,
+one folder) is the default; a server backend is one more class with these methods, and neither the
+Index nor the CLI changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One indexed file: its path, ``os.stat`` size and mtime (ns), and a digest of its bytes."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    digest: str
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Storage for an index: rows of (:class:`Entry`, unit-length float32 vector) keyed by path.
+
+    Each :meth:`add` and :meth:`delete` is atomic and kept once it returns; :meth:`flush` makes any
+    derived structure (an ANN graph) durable too, and :meth:`close` releases the store.
+    """
+
+    def __len__(self) -> int: ...
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The key-value record stored with the index (which model made it, ...)."""
+        ...
+
+    def set_info(self, values: Mapping[str, Any]) -> None: ...
+
+    def add(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
+        """Insert or replace rows by path; a row whose vector is unchanged only gets the new metadata."""
+        ...
+
+    def delete(self, paths: Iterable[str]) -> int:
+        """Remove rows by path; returns how many existed."""
+        ...
+
+    def search(self, vector: np.ndarray, count: int) -> tuple[list[str], np.ndarray]:
+        """Up to ``count`` approximate nearest rows to ``vector``: their paths and stored vectors."""
+        ...
+
+    def get(self, paths: Sequence[str]) -> tuple[list[Entry], np.ndarray]:
+        """The rows of those ``paths`` that exist, in the given order, with their vectors."""
+        ...
+
+    def entries(self, under: str | None = None) -> Iterator[Entry]:
+        """Every row's metadata (only paths starting with ``under`` when given), by path."""
+        ...
+
+    def find_digest(self, digest: str) -> np.ndarray | None:
+        """The vector of some row whose file had this content digest, if any."""
+        ...
+
+    def scan(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every row as (paths, vectors) chunks, for exact search."""
+        ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
