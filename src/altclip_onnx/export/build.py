@@ -8,32 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ..bundle import (
-    MANIFEST,
-    PRECISIONS,
-    PREPROCESSOR,
-    TEXTUAL,
-    TOKENIZER,
-    TOWERS,
-    VISUAL,
-    Manifest,
-    Variant,
-    file_entry,
-    model_filename,
-    refuse_non_empty,
-    staging_folder,
-    write_json,
-)
-from ..errors import ExportError
+from ..bundle import MANIFEST, PREPROCESSOR, TEXTUAL, TOKENIZER, TOWERS, VISUAL, Manifest, Variant, file_entry
+from ..files import ensure_writable_folder, refuse_non_empty, staging_folder, write_json
+from ..precisions import parse_precisions
 from . import towers as tower_export
 from .sources import LoadedModel, load_model, resolve_source
+from .variants import make_variants
 from .verify import VerifyReport, check_bundle, raise_if_failed, reference_outputs, verification_cases, write_report
 
 log = logging.getLogger(__name__)
@@ -60,6 +46,11 @@ class ExportResult:
     seconds: float
     notes: list[str]
 
+    def summary(self) -> str:
+        size = sum(entry.size for entry in self.manifest.files.values())
+        return (f"wrote {self.bundle} ({size / 1e6:.1f} MB, {self.manifest.embedding_dim}-d embeddings) "
+                f"in {self.seconds:.1f}s")
+
 
 def tool_versions() -> dict[str, str]:
     versions = {}
@@ -81,7 +72,9 @@ def export_bundle(
     """Export ``source`` (Hub id, short name, local folder) to a verified bundle at ``output``."""
     started = time.perf_counter()
     output = Path(output)
+    precisions = parse_precisions(("fp32", *options.precisions))  # fp32 always: it is the reference variant
     refuse_non_empty(output, options.overwrite)  # before a download or a minute of loading, not after
+    ensure_writable_folder(output.absolute().parent, "bundle")
     progress("resolving the model")
     resolved = resolve_source(source, random_init=options.random_init, seed=options.seed, cache_dir=options.cache_dir)
     progress(f"loading {resolved.name} ({resolved.kind})")
@@ -95,18 +88,18 @@ def export_bundle(
             progress("computing the PyTorch reference")
             cases = verification_cases(loaded.tokenizer_json, make_manifest(loaded, options, towers={}, files={}))
             reference = reference_outputs(loaded.model, cases)
-        manifest = write_graphs(loaded, stage, options, progress)
+        manifest = write_graphs(loaded, stage, precisions, options, progress)
         report = None
         if options.verify:
-            progress("verifying against PyTorch")
-            report = check_bundle(stage, reference, cases, manifest=manifest)
+            report = check_bundle(stage, reference, cases, manifest=manifest, progress=progress)
             write_report(stage, report)
             raise_if_failed(report, output)
             manifest = record_accuracy(stage, manifest, report)
     return ExportResult(output, manifest, report, time.perf_counter() - started, loaded.notes)
 
 
-def write_graphs(loaded: LoadedModel, stage: Path, options: ExportOptions, progress: Callable[[str], None]) -> Manifest:
+def write_graphs(loaded: LoadedModel, stage: Path, precisions: tuple[str, ...], options: ExportOptions,
+                 progress: Callable[[str], None]) -> Manifest:
     """Export both towers into ``stage`` with every requested precision; checksum; write the manifest.
 
     Memory: the PyTorch model is released once both raw graphs exist, and every graph transformation
@@ -117,9 +110,7 @@ def write_graphs(loaded: LoadedModel, stage: Path, options: ExportOptions, progr
 
     from . import optimize
 
-    unknown = set(options.precisions) - set(PRECISIONS)
-    if unknown:
-        raise ExportError(f"unknown precision {', '.join(sorted(unknown))}: choose from {', '.join(PRECISIONS)}")
+    stage = stage.resolve()  # the graph steps resolve their paths; relative_to below needs both absolute
     shapes = {
         tower: (int(config.num_attention_heads), int(config.hidden_size))
         for tower, config in ((VISUAL, loaded.model.config.vision_config), (TEXTUAL, loaded.model.config.text_config))
@@ -134,35 +125,12 @@ def write_graphs(loaded: LoadedModel, stage: Path, options: ExportOptions, progr
         loaded.model = None  # the reference outputs are already computed; free 3.4 GB before the next steps
         release_memory()
         for tower in TOWERS:
-            fp32 = stage / tower / model_filename("fp32")
-            written: dict[str, list[Path]] = {}
             heads, hidden = shapes[tower]
-            int8_source = raw[tower][0]
-            if options.optimize:
-                progress(f"optimizing the {tower} tower")
-                written["fp32"] = optimize.isolated(optimize.optimize_graph, raw[tower][0], fp32, tower,
-                                                    num_heads=heads, hidden_size=hidden)
-                recipe = optimize.INT8_SOURCE[tower]
-                if "int8" in options.precisions and recipe is not None:
-                    int8_source = optimize.isolated(
-                        optimize.optimize_graph, raw[tower][0], Path(raw_dir) / tower / "int8-source" / "model.onnx",
-                        tower, num_heads=heads, hidden_size=hidden, recipe=recipe,
-                    )[0]
-            else:
-                # The raw export is already named model.onnx (+ model.onnx.data): move it as it is.
-                fp32.parent.mkdir(parents=True, exist_ok=True)
-                written["fp32"] = [Path(shutil.move(str(f), fp32.parent / f.name)) for f in raw[tower]]
-                int8_source = fp32
-            if "int8" in options.precisions:
-                progress(f"quantizing the {tower} tower to int8")
-                written["int8"] = optimize.isolated(optimize.quantize_int8, int8_source,
-                                                    stage / tower / model_filename("int8"))
-            if "fp16" in options.precisions:
-                progress(f"converting the {tower} tower to fp16")
-                written["fp16"] = optimize.isolated(optimize.convert_fp16, fp32, stage / tower / model_filename("fp16"))
+            written = make_variants(raw[tower], tower, precisions, stage / tower, Path(raw_dir) / tower,
+                                    num_heads=heads, hidden_size=hidden, optimize=options.optimize, progress=progress)
             variants[tower] = {}
             for precision, files in written.items():
-                rel = [f.relative_to(stage).as_posix() for f in files]
+                rel = [f.resolve().relative_to(stage).as_posix() for f in files]
                 variants[tower][precision] = Variant(precision, rel[0], tuple(rel), fused_ops=optimize.count_ops(files[0]))
     progress("checksumming")
     files = {rel: file_entry(stage, rel) for rel in bundle_files(variants)}

@@ -1,9 +1,9 @@
-"""Fast and small: fused fp32 graphs, int8 for CPUs, fp16 for GPUs.
+"""The graph steps: fuse (fp32), quantize (int8), convert (fp16).
 
-Each step is ``step(source, destination, options) -> report`` and never overwrites its source.
-The recipes are data (frozen dataclasses with named presets), chosen by measurement on this
-project's machine (see README, Performance). Every variant is then checked by ``verify`` against
-PyTorch fp32 and must pass its accuracy gate, or the export fails.
+Each step is ``step(source, destination, options) -> files written`` (graph first, then its weights
+file when external) and never overwrites its source; the options are frozen dataclasses. Which step
+makes which variant from which graph is declared in :mod:`.variants`; every variant is then checked
+by :mod:`.verify` against PyTorch fp32 and must pass its gate, or the export fails.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..bundle import TEXTUAL, VISUAL
+from ..errors import ExportError
 from .towers import EXTERNAL_DATA_THRESHOLD
 
 log = logging.getLogger(__name__)
@@ -77,17 +78,6 @@ class Fp16Recipe:
     op_block_list: tuple[str, ...] = ("ReduceL2", "ReduceSumSquare", "Pow", "Sqrt", "Div", "Clip", "Max")
 
 
-# Which fp32 graph each tower's int8 variant is quantized from, chosen by measurement
-# (benchmarks/compare.py, full-size m18, 2 cores, onnxruntime 1.32; batch-1 latency, two runs):
-# - image tower: the plain unfused graph. Busy machine: 186 ms, against 246 ms for the fully fused graph
-#   (QAttention) and 220 ms with attention left unfused; quiet machine: all three within 2% (141-143 ms).
-# - text tower: fused LayerNorm and BiasGelu, attention left unfused. Fastest at batch 1, 8 and 32 in both
-#   runs (quiet: 24.5 ms against 25.6 ms plain and 24.9 ms fully fused; 140 against 135 and 105 texts/s at 32).
-# onnxruntime's QAttention kernel was no faster than the unfused quantized attention on this CPU.
-# None means the plain exported graph.
-INT8_SOURCE = {VISUAL: None, TEXTUAL: FusionRecipe(attention=False)}
-
-
 def isolated(step: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """Run one graph transformation in a fresh process, so its peak memory is returned when it ends."""
     import concurrent.futures
@@ -113,13 +103,9 @@ def graph_weight_bytes(path: Path) -> int:
 
 def _save(model: Any, destination: Path, *, large: bool) -> list[Path]:
     """Save an onnxruntime OnnxModel (or ModelProto) with external data when the weights are large."""
-    import onnx
-
     from .towers import save_model
 
     proto = model.model if hasattr(model, "model") else model
-    if not isinstance(proto, onnx.ModelProto):
-        raise TypeError(type(proto))
     return save_model(proto, destination, external=large)
 
 
@@ -141,7 +127,7 @@ def optimize_graph(source: Path, destination: Path, tower: str, *, num_heads: in
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     if source == destination:
-        raise ValueError("optimize_graph never overwrites its source")
+        raise ExportError(f"{source}: optimize_graph never overwrites its source; give another destination")
     model_type = OPTIMIZER_MODEL_TYPE[tower]
     options = FusionOptions(model_type)
     options.enable_attention = recipe.attention
@@ -221,7 +207,7 @@ def quantize_int8(source: Path, destination: Path, recipe: Int8Recipe = Int8Reci
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if source == destination:
-        raise ValueError("quantize_int8 never overwrites its source")
+        raise ExportError(f"{source}: quantize_int8 never overwrites its source; give another destination")
     exclude = []
     if recipe.exclude_patterns:
         graph = onnx.load(str(source), load_external_data=False).graph
@@ -264,7 +250,7 @@ def convert_fp16(source: Path, destination: Path, recipe: Fp16Recipe = Fp16Recip
     from onnxruntime.transformers.shape_infer_helper import SymbolicShapeInferenceHelper
 
     if source == destination:
-        raise ValueError("convert_fp16 never overwrites its source")
+        raise ExportError(f"{source}: convert_fp16 never overwrites its source; give another destination")
     source, destination = source.resolve(), destination.resolve()
     skeleton = onnx.load(str(source), load_external_data=False)
     with warnings.catch_warnings(), working_directory(source.parent):

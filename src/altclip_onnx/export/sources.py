@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bundle import ImageSpec, TextSpec, read_json_object
+from ..bundle import ImageSpec, TextSpec
+from ..files import read_json_object
 from ..errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,11 @@ class ResolvedSource:
 
 def canonical_variant(name: str) -> str | None:
     return ALIASES.get(name.strip().lower())
+
+
+def default_output(source: str) -> Path:
+    """Where ``export`` writes without ``-o``: ``onnx/<variant>`` (or the checkpoint folder's name)."""
+    return Path("onnx") / (canonical_variant(source) or Path(source.rstrip("/")).name)
 
 
 def resolve_source(
@@ -315,11 +321,11 @@ def load_weights(path: Path) -> dict[str, Any]:
 
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError:
-        raise SourceError(f"{path}: missing weights file") from None
+    except FileNotFoundError as exc:
+        raise SourceError(f"{path}: missing weights file") from exc
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"{path}: cannot read weights ({first}); the file is corrupt or not a checkpoint") from None
+        raise SourceError(f"{path}: cannot read weights ({first}); the file is corrupt or not a checkpoint") from exc
 
 
 def weight_file(folder: Path) -> Path:
@@ -336,7 +342,7 @@ def load_sharded(index: Path) -> dict[str, Any]:
     try:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (OSError, ValueError, KeyError) as exc:
-        raise SourceError(f"{index}: unreadable shard index ({exc})") from None
+        raise SourceError(f"{index}: unreadable shard index ({exc})") from exc
     state: dict[str, Any] = {}
     for shard in shards:
         state.update(load_weights(index.parent / shard))
@@ -373,7 +379,8 @@ def load_model(source: ResolvedSource, *, max_length: int = 77) -> LoadedModel:
         image = ImageSpec()
         notes = [f"random weights (seed {source.seed}) and a placeholder tokenizer: for trying the pipeline only"]
     else:
-        assert source.path is not None
+        if source.path is None:
+            raise SourceError(f"{source.name}: no local folder to load ({source.kind} source not downloaded)")
         folder = source.path
         kind = detect_layout(folder) if source.kind == "hub" else source.kind
         model = load_flagai(folder) if kind == "flagai" else load_transformers(folder)
@@ -411,7 +418,7 @@ def load_transformers(folder: Path) -> Any:
     try:
         config = AltCLIPConfig.from_pretrained(folder)
     except Exception as exc:
-        raise SourceError(f"{folder / 'config.json'}: not a valid AltCLIP config ({exc})") from None
+        raise SourceError(f"{folder / 'config.json'}: not a valid AltCLIP config ({exc})") from exc
     state = load_sharded(path) if path.name.endswith(".index.json") else load_weights(path)
     return _from_state(AltCLIPModel, config, convert_state_dict(state), path)
 
@@ -475,7 +482,7 @@ def image_spec_of(folder: Path) -> ImageSpec:
             std=tuple(cfg.get("image_std", default.std)),
         )
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise SourceError(f"{path}: unreadable preprocessing settings ({exc})") from None
+        raise SourceError(f"{path}: unreadable preprocessing settings ({exc})") from exc
 
 
 # --- Random initialisation ----------------------------------------------------------------------

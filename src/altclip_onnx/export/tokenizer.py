@@ -43,7 +43,7 @@ def checkpoint_tokenizer_json(folder: Path) -> str:
         try:
             tokenizer = XLMRobertaTokenizer.from_pretrained(tmp)
         except Exception as exc:
-            raise SourceError(f"{folder / names[0]}: not a readable XLM-R tokenizer ({exc})") from None
+            raise SourceError(f"{folder / names[0]}: not a readable XLM-R tokenizer ({exc})") from exc
         return tokenizer.backend_tokenizer.to_str()
 
 
@@ -54,7 +54,7 @@ def check_tokenizer(tokenizer_json: str, text: TextSpec, where: str) -> None:
     try:
         tokenizer = Tokenizer.from_str(tokenizer_json)
     except Exception as exc:
-        raise SourceError(f"{where}: tokenizer.json is not readable by tokenizers ({exc})") from None
+        raise SourceError(f"{where}: tokenizer.json is not readable by tokenizers ({exc})") from exc
     for token, expected in SPECIALS.items():
         got = tokenizer.token_to_id(token)
         if got != expected:
@@ -67,16 +67,11 @@ def check_tokenizer(tokenizer_json: str, text: TextSpec, where: str) -> None:
 
 
 def configure_tokenizer(tokenizer_json: str, text: TextSpec) -> str:
-    """Bake truncation and padding into tokenizer.json, consistent with the manifest.
+    """Bake the runtime's truncation and padding into tokenizer.json, so other clients of the file
+    (transformers, transformers.js) tokenize as the runtime does."""
+    from ..runtime.text import load_tokenizer
 
-    Truncation keeps ``</s>``: the template post-processor reserves room for both special tokens.
-    """
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    tokenizer.enable_truncation(max_length=text.max_length)
-    tokenizer.enable_padding(pad_id=text.pad_id, pad_token="<pad>")
-    return tokenizer.to_str()
+    return load_tokenizer(tokenizer_json, text).to_str()
 
 
 # A few lines in many scripts: the placeholder tokenizer's pieces are their characters.

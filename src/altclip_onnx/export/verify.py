@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,26 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TEXTUAL, TOWER_OUTPUTS, VERIFY_REPORT, VISUAL, Manifest, read_manifest, write_json
+from ..bundle import TEXTUAL, TOKENIZER, TOWER_OUTPUTS, VERIFY_REPORT, VISUAL, Manifest, read_manifest
 from ..errors import SourceError, VerificationError
+from ..files import write_json
+from ..precisions import PRECISION_NAMES, PRECISIONS, Gate
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Gate:
-    """What a precision must reach against the fp32 PyTorch reference."""
-
-    max_abs_rel: float | None = None  # max |diff| <= max_abs_rel * max(1, max |reference|)
-    min_cosine: float | None = None
-    mean_cosine: float | None = None
-
-
-GATES = {
-    "fp32": Gate(max_abs_rel=1e-4, min_cosine=0.99999),
-    "fp16": Gate(min_cosine=0.9995),
-    "int8": Gate(min_cosine=0.98, mean_cosine=0.995),
-}
 
 # One sentence in each of AltCLIP-m18's 18 languages (and so in m9's and AltCLIP's).
 SENTENCES = {
@@ -97,9 +85,8 @@ def sample_images() -> list[Any]:
 
 def verification_cases(tokenizer_json: str, manifest: Manifest) -> list[Case]:
     """Batches 1..8, padded and unpadded, short and long (300+ tokens), in 18 languages."""
-    from tokenizers import Tokenizer
-
     from ..runtime.images import preprocess_batch
+    from ..runtime.text import load_tokenizer, tokenize
 
     pixels = preprocess_batch(sample_images(), manifest.image)
     cases = [
@@ -107,18 +94,11 @@ def verification_cases(tokenizer_json: str, manifest: Manifest) -> list[Case]:
         Case(VISUAL, "photos b3", {"pixel_values": pixels[1:4]}),
         Case(VISUAL, "photos b8", {"pixel_values": pixels}),
     ]
-    tokenizer = Tokenizer.from_str(tokenizer_json)
     sentences = list(SENTENCES.values())
     long_text = " ".join(sentences * 4)
 
     def encode(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-        tokenizer.enable_truncation(max_length=max_length)
-        tokenizer.enable_padding(pad_id=manifest.text.pad_id, pad_token="<pad>")
-        encodings = tokenizer.encode_batch(texts)
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        }
+        return tokenize(load_tokenizer(tokenizer_json, manifest.text, max_length), texts)
 
     short, longest = manifest.text.max_length, manifest.text.model_max_length
     cases += [
@@ -157,14 +137,11 @@ def reference_outputs(model: Any, cases: list[Case]) -> list[dict[str, np.ndarra
 
 def onnx_outputs(bundle: Path, manifest: Manifest, precision: str, cases: list[Case]) -> list[dict[str, np.ndarray]]:
     """Run the cases through one precision; one tower's session at a time, to keep peak memory low."""
-    import onnxruntime as ort
+    from ..runtime.providers import make_session
 
     results: list[dict[str, np.ndarray]] = [{} for _ in cases]
     for tower in (VISUAL, TEXTUAL):
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        path = bundle / manifest.towers[tower][precision].path
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = make_session(bundle / manifest.towers[tower][precision].path, provider="cpu")
         for i, case in enumerate(cases):
             if case.tower == tower:
                 results[i] = dict(zip(TOWER_OUTPUTS[tower], session.run(list(TOWER_OUTPUTS[tower]), case.inputs)))
@@ -211,7 +188,7 @@ class VerifyReport:
         return {
             "passed": self.passed,
             "failures": self.failures,
-            "gates": {p: dataclasses.asdict(g) for p, g in GATES.items()},
+            "gates": {name: dataclasses.asdict(p.gate) for name, p in PRECISIONS.items()},
             "rows": [dataclasses.asdict(r) for r in self.rows],
             "fused_ops": self.fused_ops,
             **self.extra,
@@ -254,7 +231,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def compare(
     cases: list[Case], reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]], precision: str
 ) -> tuple[list[Row], list[str]]:
-    gate = GATES[precision]
+    gate: Gate = PRECISIONS[precision].gate
     rows, failures = [], []
     for case, ref, got in zip(cases, reference, actual):
         for output, ref_value in ref.items():
@@ -320,6 +297,7 @@ def check_bundle(
     *,
     manifest: Manifest | None = None,
     precisions: list[str] | None = None,
+    progress: Callable[[str], None] = lambda step: None,
 ) -> VerifyReport:
     """Run every requested precision of the bundle on the cases and compare with the reference."""
     from .towers import check_signature
@@ -327,7 +305,7 @@ def check_bundle(
     manifest = manifest or read_manifest(bundle)
     report = VerifyReport()
     wanted = precisions or sorted(
-        set(manifest.precisions(VISUAL)) | set(manifest.precisions(TEXTUAL)), key=list(GATES).index
+        set(manifest.precisions(VISUAL)) | set(manifest.precisions(TEXTUAL)), key=PRECISION_NAMES.index
     )
     for tower in (VISUAL, TEXTUAL):
         for precision in wanted:
@@ -341,6 +319,7 @@ def check_bundle(
         return report
     agreement = {}
     for precision in wanted:
+        progress(f"running the {precision} graphs on {len(cases)} cases")
         outputs = onnx_outputs(bundle, manifest, precision, cases)
         rows, failures = compare(cases, reference, outputs, precision)
         report.rows += rows
@@ -348,17 +327,16 @@ def check_bundle(
         if precision != "fp32":
             agreement[precision] = zero_shot_agreement(reference, outputs, cases, manifest.logit_scale)
             rate = agreement[precision]["agreement"]
-            if rate is not None and rate < ZERO_SHOT_AGREEMENT:
+            needed = PRECISIONS[precision].gate.zero_shot_agreement
+            if rate is not None and needed is not None and rate < needed:
                 report.failures.append(
-                    f"{precision}: zero-shot top-1 agrees with fp32 on {rate:.1%} of confident cases "
-                    f"(< {ZERO_SHOT_AGREEMENT:.0%})"
+                    f"{precision}: zero-shot top-1 agrees with fp32 on {rate:.1%} of confident cases (< {needed:.0%})"
                 )
     report.extra["max_cosine_between_inputs"] = input_sensitivity(reference, cases)
     report.extra["zero_shot_agreement"] = agreement
     return report
 
 
-ZERO_SHOT_AGREEMENT = 0.98  # top-1 agreement with fp32 over confident cases
 ZERO_SHOT_MARGIN = 0.05  # fp32's top label must lead the runner-up by this much probability to count
 
 
@@ -396,6 +374,7 @@ def verify_bundle(
     model_source: str | None = None,
     precisions: list[str] | None = None,
     cache_dir: str | None = None,
+    progress: Callable[[str], None] = lambda step: None,
 ) -> VerifyReport:
     """``altclip-onnx verify``: load the reference afresh, compare, write verify.json, raise on failure."""
     from .sources import resolve_source, load_model
@@ -412,11 +391,14 @@ def verify_bundle(
                 "pass it with --model PATH to verify against it"
             )
         resolved = resolve_source(model_source or source.get("repo_id") or source["name"], cache_dir=cache_dir)
+    progress(f"loading the reference model {resolved.name} ({resolved.kind})")
     loaded = load_model(resolved, max_length=manifest.text.max_length)
-    tokenizer_json = (folder / "textual" / "tokenizer.json").read_text(encoding="utf-8")
+    tokenizer_json = (folder / TOKENIZER).read_text(encoding="utf-8")
     cases = verification_cases(tokenizer_json, manifest)
+    progress("computing the PyTorch reference")
     reference = reference_outputs(loaded.model, cases)
-    report = check_bundle(folder, reference, cases, manifest=manifest, precisions=precisions)
+    del loaded
+    report = check_bundle(folder, reference, cases, manifest=manifest, precisions=precisions, progress=progress)
     write_report(folder, report)
     raise_if_failed(report, folder)
     return report

@@ -1,0 +1,105 @@
+"""How each precision variant is made: from which graph, by which step. One declaration per variant.
+
+The variant's name, file name and gate are the contract (:mod:`altclip_onnx.precisions`); this module
+is the recipe. Recipes were chosen by measurement (``benchmarks/compare.py``, full-size m18, 2 cores,
+onnxruntime 1.32; README, Performance):
+
+- fp32: the raw TorchScript export, fused (attention, LayerNorm, GELU; SkipLayerNormalization split back).
+- int8: image tower quantized from the plain graph (busy machine: 186 ms at batch 1, against 246 ms for
+  the fully fused graph with QAttention and 220 ms with attention unfused; quiet machine: all three within
+  2%); text tower from the graph with LayerNorm and GELU fused but attention not (fastest at batch 1, 8
+  and 32 in both runs). onnxruntime's QAttention kernel was no faster than unfused quantized attention.
+- fp16: converted from the bundle's fp32 graph.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from ..bundle import TEXTUAL, VISUAL
+from ..precisions import FP16, FP32, INT8, Precision
+from . import optimize as steps
+from .optimize import FusionRecipe, convert_fp16, quantize_int8
+
+RAW = "raw"  # start from the raw export
+FP32_GRAPH = "fp32"  # start from the bundle's fp32 graph
+
+#: A start graph: RAW, FP32_GRAPH, or the raw export fused with this recipe.
+Start = Union[str, FusionRecipe]
+Step = Callable[[Path, Path], "list[Path]"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    precision: Precision
+    start: Mapping[str, Start]  # per tower
+    step: Step | None  # None: the start graph is the variant
+    doing: str  # a progress line, {tower} filled in
+
+
+RECIPES: dict[str, Recipe] = {
+    "fp32": Recipe(FP32, {VISUAL: FusionRecipe(), TEXTUAL: FusionRecipe()}, None, "optimizing the {tower} tower"),
+    "int8": Recipe(INT8, {VISUAL: RAW, TEXTUAL: FusionRecipe(attention=False)}, quantize_int8,
+                   "quantizing the {tower} tower to int8"),
+    "fp16": Recipe(FP16, {VISUAL: FP32_GRAPH, TEXTUAL: FP32_GRAPH}, convert_fp16, "converting the {tower} tower to fp16"),
+}
+
+
+def start_graph(precision: str, tower: str, *, optimize: bool) -> Start:
+    """Where ``precision``'s graph of ``tower`` starts; without ``optimize`` every fusion is skipped."""
+    start = RECIPES[precision].start[tower]
+    return RAW if isinstance(start, FusionRecipe) and not optimize else start
+
+
+def make_variants(
+    raw: Sequence[Path],
+    tower: str,
+    precisions: Sequence[str],
+    destination: Path,
+    work: Path,
+    *,
+    num_heads: int,
+    hidden_size: int,
+    optimize: bool = True,
+    progress: Callable[[str], None] = lambda step: None,
+) -> dict[str, list[Path]]:
+    """Make ``precisions`` (fp32 first) of one tower from its raw export ``raw`` (graph, weights) into
+    ``destination`` (``<precision's file name>``), intermediate graphs in ``work``. Returns the files
+    written per precision, graph first. Every step runs in a fresh process (``optimize.isolated``).
+
+    The raw export may be moved into ``destination`` (fp32 without ``optimize``); ``raw`` is not used after.
+    """
+    fused: dict[object, list[Path]] = {}
+    written: dict[str, list[Path]] = {}
+
+    def graph(start: Start, target: Path | None = None) -> list[Path]:
+        """The files of a start graph; each fused graph is made once (into ``target`` if given)."""
+        if start == RAW:
+            return list(raw)
+        if start == FP32_GRAPH:
+            return written["fp32"]
+        if start not in fused:
+            progress(f"optimizing the {tower} tower")
+            fused[start] = steps.isolated(steps.optimize_graph, raw[0],
+                                          target or work / f"fused-{len(fused)}" / "model.onnx", tower,
+                                          num_heads=num_heads, hidden_size=hidden_size, recipe=start)
+        return fused[start]
+
+    for name in precisions:  # fp32 first: others may start from it
+        recipe = RECIPES[name]
+        target = destination / recipe.precision.filename
+        start = start_graph(name, tower, optimize=optimize)
+        if recipe.step is not None:
+            source = graph(start)[0]
+            progress(recipe.doing.format(tower=tower))
+            written[name] = steps.isolated(recipe.step, source, target)
+        elif start == RAW:  # the raw export is already named model.onnx (+ .data): move it as it is
+            target.parent.mkdir(parents=True, exist_ok=True)
+            raw = written[name] = [Path(shutil.move(str(f), target.parent / f.name)) for f in raw]
+        else:
+            written[name] = graph(start, target)
+    return written
