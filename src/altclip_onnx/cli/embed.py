@@ -1,0 +1,177 @@
+"""Commands that embed or classify many inputs (runtime only: never import torch or transformers)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .app import (
+    batch_options,
+    encoder_options,
+    exit_partial_if,
+    friendly_errors,
+    json_option,
+    line_source,
+    load_encoder,
+    main,
+    report_failures,
+    table,
+)
+
+
+def output_option(what: str) -> Any:
+    return click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+                        help=f"OUT.npy (+ OUT.{what}) or OUT.parquet.")
+
+
+def summary(report: Any, what: str) -> str:
+    resumed = f" ({report.resumed} resumed)" if report.resumed else ""
+    failed = f", {len(report.failures)} failed" if report.failures else ""
+    return (f"embedded {report.rows} {what}{resumed}{failed}, {report.per_second:.1f} {what}/s in "
+            f"{report.seconds:.1f}s; wrote {', '.join(map(str, report.outputs))}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@output_option("paths.txt")
+@click.option("--from-file", metavar="LIST", help="Images or folders, one per line ('-': standard input).")
+@batch_options(8)
+@encoder_options
+@click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale: much faster for big photos, not exact.")
+@click.option("--no-normalize", is_flag=True, help="Raw get_image_features instead of L2-normalized embeddings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@friendly_errors
+def embed(bundle: Path, paths: tuple[Path, ...], output: Path, from_file: str | None, batch_size: int,
+          workers: int, provider: str | None, precision: str, threads: int | None, draft: bool,
+          no_normalize: bool, overwrite: bool) -> None:
+    """Embed images (files, folders walked recursively, or a list) into OUT.
+
+    An interrupted run resumes where it stopped when run again. Files that cannot be read are
+    listed on stderr with the reason and skipped; the exit code is then 4.
+    """
+    from ..runtime.outputs import EmbedOptions, embed_images_to_file
+    from ..runtime.pipeline import iter_image_files
+
+    if not paths and from_file is None:
+        raise click.UsageError("give at least one PATH or --from-file")
+    encoder = load_encoder(bundle, provider, precision, threads)
+    files = iter_image_files(paths, from_file=line_source(from_file) if from_file else None)
+    options = EmbedOptions(batch_size=batch_size, workers=workers, draft=draft, normalize=not no_normalize,
+                           overwrite=overwrite)
+    report = embed_images_to_file(encoder, files, output, options)
+    report_failures(report.failures)
+    click.echo(summary(report, "images"))
+    exit_partial_if(report.failures)
+
+
+@main.command("embed-text")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@output_option("texts.jsonl")
+@click.option("--from-file", metavar="LIST", help="Texts, one per line ('-': standard input).")
+@batch_options(32, workers=False)
+@encoder_options
+@click.option("--no-normalize", is_flag=True, help="Raw get_text_features instead of L2-normalized embeddings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@friendly_errors
+def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: str | None, batch_size: int,
+               provider: str | None, precision: str, threads: int | None, no_normalize: bool,
+               overwrite: bool) -> None:
+    """Embed TEXTs (or a file of texts, one per line; a lone '-' reads standard input) into OUT.
+
+    Blank lines are skipped. OUT.texts.jsonl holds each text as a JSON string, one per line.
+    """
+    from ..runtime.outputs import EmbedOptions, embed_texts_to_file
+    from ..runtime.pipeline import iter_lines
+
+    if not texts and from_file is None:
+        raise click.UsageError("give at least one TEXT, '-' or --from-file")
+    sources: list[Any] = [iter_lines(sys.stdin) if texts == ("-",) else iter(texts)]
+    if from_file is not None:
+        sources.append(iter_lines(line_source(from_file)))
+    encoder = load_encoder(bundle, provider, precision, threads)
+    options = EmbedOptions(batch_size=batch_size, normalize=not no_normalize, overwrite=overwrite)
+    report = embed_texts_to_file(encoder, itertools.chain(*sources), output, options)
+    click.echo(summary(report, "texts"))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--labels", "label_lists", multiple=True, metavar="A,B,C", help="Comma-separated labels (repeatable).")
+@click.option("--label", "single_labels", multiple=True, metavar="LABEL",
+              help="One label, commas allowed (repeatable).")
+@click.option("--template", "templates", multiple=True, metavar="TEXT",
+              help="Prompt with {} for the label (repeatable) [default: 5 English CLIP templates].")
+@click.option("--fewshot", type=click.Path(path_type=Path), metavar="CACHE",
+              help="Few-shot (Tip-Adapter) cache from 'fewshot build': its classes replace --labels.")
+@click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True,
+              help="Labels shown per image in the table.")
+@json_option("Print JSON: [{path, probabilities: {label: p}} or {path, error}], every label, every file.")
+@click.option("--from-file", metavar="LIST", help="Images or folders, one per line ('-': standard input).")
+@batch_options(8)
+@encoder_options
+@click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale (faster for big photos).")
+@friendly_errors
+def classify(bundle: Path, images: tuple[Path, ...], label_lists: tuple[str, ...], single_labels: tuple[str, ...],
+             templates: tuple[str, ...], fewshot: Path | None, top: int, as_json: bool, from_file: str | None,
+             batch_size: int, workers: int, provider: str | None, precision: str, threads: int | None,
+             draft: bool) -> None:
+    """Zero-shot classify IMAGEs (files or folders) among the labels.
+
+    Probabilities are softmax(logit_scale x cosine(image, label)), each label embedded as the
+    mean of its templates. With --fewshot CACHE, the classes and Tip-Adapter logits come from the
+    cache. Exit code 4 when some images could not be read.
+    """
+    from ..runtime.pipeline import classify_images, iter_image_files, split_labels
+
+    labels = split_labels(label_lists, single_labels)
+    if not labels and fewshot is None:
+        raise click.UsageError("give labels with --labels a,b,c or --label (or a cache with --fewshot)")
+    if not images and from_file is None:
+        raise click.UsageError("give at least one IMAGE or --from-file")
+    encoder = load_encoder(bundle, provider, precision, threads)
+    files = iter_image_files(images, from_file=line_source(from_file) if from_file else None)
+    if fewshot is not None:  # Tip-Adapter: the cache brings its classes, classifier, alpha and beta
+        from ..fewshot import TipAdapter, classify_with_cache
+
+        adapter = TipAdapter.load(fewshot, encoder)
+        adapter.check_labels(labels, templates)
+        labels = list(adapter.class_names)
+        batches = classify_with_cache(encoder, files, adapter, batch_size=batch_size, workers=workers, draft=draft)
+    else:  # zero-shot classifier: [labels, D]
+        classifier = encoder.text_classifier(labels, list(templates) or None)
+        batches = classify_images(encoder, files, classifier, batch_size=batch_size, workers=workers, draft=draft)
+    results: list[tuple[str, Any]] = []
+    failures = []
+    for batch in batches:
+        failures.extend(batch.failures)
+        results.extend(zip(batch.items, batch.probabilities))
+    report_failures(failures)
+    if as_json:
+        rows: list[dict[str, Any]] = [
+            {"path": path, "probabilities": {label: round(float(p), 6) for label, p in zip(labels, probs)}}
+            for path, probs in results
+        ]
+        rows += [{"path": failure.item, "error": failure.reason} for failure in failures]
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_classification(results, labels, top))
+    exit_partial_if(failures)
+
+
+def format_classification(results: list[tuple[str, Any]], labels: list[str], top: int) -> str:
+    """A table: one row per image, its ``top`` labels with probabilities in %, best first."""
+    top = min(top, len(labels))
+    rows = []
+    for path, probs in results:
+        best = sorted(range(len(labels)), key=lambda i: -float(probs[i]))[:top]
+        rows.append([path, *(f"{labels[i]} {100 * float(probs[i]):5.1f}%" for i in best)])
+    header = ["image", f"top {top} (probability)", *([""] * (top - 1))]
+    return table(header, rows)

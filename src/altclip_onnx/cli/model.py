@@ -1,0 +1,116 @@
+"""Commands about a bundle itself: export, verify, bench, doctor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from .app import (
+    friendly_errors,
+    json_option,
+    main,
+    precisions_option,
+    provider_option,
+    require_export_extra,
+    step_printer,
+    threads_option,
+)
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Bundle folder [default: onnx/<variant>].")
+@click.option("--random-init", is_flag=True, help="Random weights and a placeholder tokenizer; no download.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Hub download cache [default: ./model].")
+@click.option("--max-length", type=click.IntRange(3, 512), default=77, show_default=True,
+              help="Default text truncation stored in the bundle (the text tower takes up to 512 tokens).")
+@click.option("--opset", type=click.IntRange(14, 21), default=17, show_default=True, help="ONNX opset.")
+@precisions_option("fp32,int8", "Variants to write (fp32 always: it is the reference).")
+@click.option("--no-optimize", is_flag=True, help="Write the plain, unfused export (for comparisons).")
+@click.option("--no-verify", is_flag=True, help="Skip the comparison with PyTorch.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@friendly_errors
+def export(source: str | None, output: Path | None, random_init: bool, seed: int, cache_dir: Path | None,
+           max_length: int, opset: int, precisions: tuple[str, ...], no_optimize: bool, no_verify: bool,
+           overwrite: bool) -> None:
+    """Export SOURCE to an ONNX bundle and verify it against PyTorch.
+
+    SOURCE is a Hub id (BAAI/AltCLIP, BAAI/AltCLIP-m9, BAAI/AltCLIP-m18), a seed name
+    (AltCLIP-XLMR-L, AltCLIP-XLMR-L-m9, AltCLIP-XLMR-L-m18), a short name (m9, m18), or a local
+    checkpoint folder in transformers' or FlagAI's layout. Default: $MODEL, else AltCLIP-m18.
+    """
+    require_export_extra("export")
+    from ..export.build import ExportOptions, export_bundle
+    from ..export.sources import DEFAULT_VARIANT, default_output
+
+    source = source or os.environ.get("MODEL") or DEFAULT_VARIANT
+    options = ExportOptions(opset=opset, max_length=max_length, verify=not no_verify, overwrite=overwrite,
+                            random_init=random_init, seed=seed, cache_dir=str(cache_dir) if cache_dir else None,
+                            precisions=precisions, optimize=not no_optimize)
+    result = export_bundle(source, output or default_output(source), options, progress=step_printer())
+    if result.report is not None:
+        click.echo(result.report.format_table())
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    click.echo(result.summary())
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--model", "model_source", help="Reference model (default: the source recorded in the manifest).")
+@click.option("--integrity", is_flag=True, help="Only check every file against the manifest's sha256 (no torch).")
+@precisions_option(None, "Precisions to check [default: all in the bundle].")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Hub download cache [default: ./model].")
+@friendly_errors
+def verify(bundle: Path, model_source: str | None, integrity: bool, precisions: tuple[str, ...],
+           cache_dir: Path | None) -> None:
+    """Compare a bundle with the PyTorch reference (or, with --integrity, with its checksums)."""
+    if integrity:
+        from ..bundle import require_integrity
+
+        manifest = require_integrity(bundle)
+        click.echo(f"{bundle}: all {len(manifest.files)} files match the manifest")
+        return
+    require_export_extra("verify against PyTorch")
+    from ..export.verify import verify_bundle
+
+    report = verify_bundle(bundle, model_source=model_source, precisions=list(precisions) or None,
+                           cache_dir=str(cache_dir) if cache_dir else None, progress=step_printer())
+    click.echo(report.format_table())
+    click.echo(f"report written to {bundle / 'verify.json'}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@precisions_option(None, "Variants to time [default: all in the bundle].")
+@threads_option
+@provider_option
+@click.option("--tokens", type=click.IntRange(2, 512), default=16, show_default=True, help="Text length.")
+@click.option("--batch-sizes", default="8,32", show_default=True, help="Throughput batch sizes, comma-separated.")
+@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Interleaved rounds.")
+@json_option("Print the results as JSON instead of Markdown tables.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Also write the results as JSON to this file.")
+@friendly_errors
+def bench(bundle: Path, precisions: tuple[str, ...], threads: int | None, provider: str | None, tokens: int,
+          batch_sizes: str, repeats: int, as_json: bool, output: Path | None) -> None:
+    """Time the bundle's own variants side by side: latency, throughput, peak memory, size."""
+    from ..runtime import bench as runner
+
+    settings = runner.BenchSettings.parse(batch_sizes, tokens=tokens, repeats=repeats, threads=threads,
+                                          provider=provider, precisions=precisions)
+    result = runner.bench_bundle(bundle, settings, output=output, progress=step_printer())
+    click.echo(result.to_json() if as_json else result.format_markdown())
+    if output is not None:
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@friendly_errors
+def doctor() -> None:
+    """Show platform, onnxruntime flavour, providers, and how to switch to the best flavour here."""
+    from ..runtime.doctor import doctor as collect, format_doctor
+
+    click.echo(format_doctor(collect()))
