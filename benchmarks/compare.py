@@ -15,6 +15,8 @@ and ``results.png`` to the output folder. Needs the [export] extra and matplotli
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +46,7 @@ def main() -> None:
     from altclip_onnx.bundle import TOWER_INPUTS, VISUAL
     from altclip_onnx.export import optimize, towers
     from altclip_onnx.export.sources import load_model, resolve_source
+    from altclip_onnx.export.variants import make_variants
     from altclip_onnx.runtime import bench
     from altclip_onnx.runtime.providers import make_session
 
@@ -82,22 +85,17 @@ def main() -> None:
         say(f"plain dynamic int8 of the {tower} tower")
         plain_int8 = optimize.quantize_int8(plain, work / tower / "plain" / "model.int8.onnx",
                                             optimize.Int8Recipe(op_types=("MatMul",)))[0]
-        say(f"optimizing the {tower} tower")
-        ours = optimize.optimize_graph(plain, work / tower / "ours" / "model.onnx", tower, **shape)[0]
-        recipe = optimize.INT8_SOURCE[tower]  # what the export writes as model.int8.onnx
-        int8_source = plain if recipe is None else optimize.optimize_graph(
-            plain, work / tower / "int8-source" / "model.onnx", tower, recipe=recipe, **shape)[0]
-        ours_int8 = optimize.quantize_int8(int8_source, work / tower / "ours" / "model.int8.onnx")[0]
-        graphs = {"plain export fp32": plain, "plain dynamic int8": plain_int8, "ours fp32": ours, "ours int8": ours_int8}
+        # Exactly what the export writes (export.variants.RECIPES), from the same plain graph.
+        ours = make_variants([plain, *plain.parent.glob("model.onnx.data")], tower,
+                             ("fp32", "int8", *(("fp16",) if gpu else ())), work / tower / "ours",
+                             work / tower / "ours-work", **shape, progress=say)
+        graphs = {"plain export fp32": plain, "plain dynamic int8": plain_int8, "ours fp32": ours["fp32"][0],
+                  "ours int8": ours["int8"][0]}
         if args.explore:
-            graphs["int8 of the fully fused graph"] = optimize.quantize_int8(
-                ours, work / tower / "fused" / "model.int8.onnx")[0]
-            if recipe is None or recipe.attention:
-                alt = optimize.optimize_graph(plain, work / tower / "alt" / "model.onnx", tower,
-                                              recipe=optimize.FusionRecipe(attention=False), **shape)[0]
-                graphs["int8, attention unfused"] = optimize.quantize_int8(alt, work / tower / "alt" / "model.int8.onnx")[0]
+            graphs["dynamic int8 of the fully fused graph"] = optimize.quantize_int8(
+                ours["fp32"][0], work / tower / "fused" / "model.int8.onnx")[0]
         if gpu:
-            graphs["ours fp16"] = optimize.convert_fp16(ours, work / tower / "ours" / "model.fp16.onnx")[0]
+            graphs["ours fp16"] = ours["fp16"][0]
         for name, path in graphs.items():
             # No spinning: the sessions take turns in this process and must not steal each other's cores.
             session = make_session(path, provider="cuda" if name.endswith("fp16") else "cpu", threads=args.threads,
@@ -120,12 +118,12 @@ def main() -> None:
     table = bench.format_markdown(results, baseline="pytorch eager", batch_sizes=batch_sizes)
     acc_lines = ["| tower | variant | cosine to PyTorch (min over 8 inputs) |", "|---|---|---|"]
     acc_lines += [f"| {t} | {n} | {c:.5f} |" for (t, n), c in accuracy.items()]
-    header = (f"Machine: {facts['cpu']}, {facts['logical_cpus']} logical CPUs, {args.threads} threads; "
-              f"onnxruntime {facts['onnxruntime']}, torch {facts['torch']}; text {args.tokens} tokens.\n\n")
+    header = f"Machine: {bench.machine_line(facts)}, torch {facts['torch']}; text {args.tokens} tokens.\n\n"
     (args.output / "results.md").write_text(header + table + "\n" + "\n".join(acc_lines) + "\n")
-    (args.output / "results.json").write_text(bench.to_json(results, facts, {**vars(args), "output": str(args.output),
-                                                                             "work_dir": str(work),
-                                                                             "accuracy": {f"{t}/{n}": c for (t, n), c in accuracy.items()}}))
+    settings = {**vars(args), "output": str(args.output), "work_dir": str(work), "source": args.source}
+    (args.output / "results.json").write_text(json.dumps({
+        "machine": facts, "settings": settings, "results": [dataclasses.asdict(r) for r in results],
+        "accuracy": {f"{t}/{n}": c for (t, n), c in accuracy.items()}}, indent=2, default=str))
     chart(results, args.output / "results.png")
     print(header + table + "\n" + "\n".join(acc_lines))
 

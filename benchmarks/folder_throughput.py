@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from altclip_onnx.runtime import Encoder
+from altclip_onnx.runtime.doctor import cpu_summary
 from altclip_onnx.runtime.images import load_image, preprocess
 from altclip_onnx.runtime.pipeline import embed_images, iter_image_files
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     setting = {
         "bundle": str(args.bundle), "variant": encoder.manifest.variant, "precision": encoder.precisions["visual"],
         "provider": encoder.providers[0], "batch_size": args.batch_size, "workers": args.workers,
-        "threads": args.threads, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "threads": args.threads, "cpus": os.cpu_count(), "machine": cpu_summary(),
     }  # fmt: skip
     report = {"setting": setting, "model": model, "results": results, "target_ratio": TARGET}
     args.json.write_text(json.dumps(report, indent=2))

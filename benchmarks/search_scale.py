@@ -12,8 +12,8 @@ For each size (default 10k and 100k vectors of dim 768, AltCLIP's) and each back
   re-ranked top 10 (what users get);
 - the **install footprint** each backend adds to altclip-onnx's own dependencies.
 
-Backends: ``local`` is :class:`~altclip_onnx.runtime.store.LocalStore` itself (SQLite + usearch HNSW,
-int8) driven through :class:`~altclip_onnx.runtime.search.Index`; ``lancedb-hnsw-sq`` and
+Backends: ``local`` is :class:`~altclip_onnx.search.store.local.LocalStore` itself (SQLite + usearch HNSW,
+int8) driven through :class:`~altclip_onnx.search.Index`; ``lancedb-hnsw-sq`` and
 ``lancedb-ivf-pq`` are a LanceDB table (same columns) with an IVF_HNSW_SQ or IVF_PQ index, cosine,
 library defaults otherwise (HNSW queries get the same ``ef`` as the local graph); ``usearch-f16`` is
 the local store with a float16 graph.
@@ -53,8 +53,10 @@ from typing import Any
 
 import numpy as np
 
-from altclip_onnx.runtime.search import CANDIDATES_PER_RESULT, MIN_CANDIDATES, Index
-from altclip_onnx.runtime.store import AnnOptions, Entry, LocalStore
+from altclip_onnx.search import Index
+from altclip_onnx.search.index import CANDIDATES_PER_RESULT, MIN_CANDIDATES
+from altclip_onnx.search.store import Entry
+from altclip_onnx.search.store.local import AnnOptions, LocalStore
 
 K = 10
 CANDIDATES = max(CANDIDATES_PER_RESULT * K, MIN_CANDIDATES)
@@ -264,9 +266,9 @@ def footprint_mb(package: str) -> float | None:
 
 
 def machine() -> dict[str, Any]:
-    from altclip_onnx.runtime.providers import cpu_model
+    from altclip_onnx.runtime.doctor import cpu_summary
 
-    cpu = cpu_model()
+    cpu = cpu_summary()
     memory = None
     try:
         memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)

@@ -14,13 +14,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from altclip_onnx.bundle import TEXTUAL, VISUAL, BundleError, check_integrity, read_manifest
-from altclip_onnx.errors import SourceError, VerificationError
+from altclip_onnx.bundle import TEXTUAL, VISUAL, check_integrity, read_manifest
+from altclip_onnx.errors import BundleError, OutputError, SourceError, VerificationError
 from altclip_onnx.export import ExportOptions, export_bundle, verify_bundle
 from altclip_onnx.export import sources, towers
 from altclip_onnx.export.verify import SENTENCES, check_bundle, reference_outputs, verification_cases
 
-from .conftest import TINY_PROJECTION, TINY_TEXT, TINY_VISION
+from ..fixture import TINY_PROJECTION, TINY_TEXT, TINY_VISION
 
 
 def session(bundle: Path, tower: str) -> ort.InferenceSession:
@@ -95,7 +95,8 @@ def test_integrity_and_unknown_format(tiny_bundle: Path, tmp_path: Path) -> None
     problems = check_integrity(copy)
     assert len(problems) == 1 and "visual/model.onnx" in problems[0] and "sha256" in problems[0]
     result = cli("verify", str(copy), "--integrity")
-    assert result.returncode == 1 and "fail the integrity check" in result.stderr
+    assert result.returncode == 1 and "visual/model.onnx: sha256 differs from the manifest" in result.stderr
+    assert "re-export or re-download the bundle" in result.stderr
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = "2.0"
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -335,7 +336,7 @@ def test_non_empty_output_is_refused_without_overwrite(transformers_checkpoint: 
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(BundleError, match="not empty; pass --overwrite"):
+    with pytest.raises(OutputError, match="not empty; pass --overwrite"):
         export_bundle(str(transformers_checkpoint), out, ExportOptions(verify=False))
     assert (out / "keep.txt").read_text() == "mine"
     export_bundle(str(transformers_checkpoint), out, ExportOptions(verify=False, overwrite=True))
@@ -375,9 +376,27 @@ def test_verification_failure_fails_the_export(transformers_checkpoint: Path, tm
 
 
 def test_export_cli_end_to_end(transformers_checkpoint: Path, tmp_path: Path) -> None:
-    result = cli("export", str(transformers_checkpoint), "-o", str(tmp_path / "cli"))
+    # A relative -o, from another working directory, as README's own commands use it.
+    (tmp_path / "work").mkdir()
+    result = cli("export", str(transformers_checkpoint), "-o", "../cli", cwd=tmp_path / "work")
     assert result.returncode == 0, result.stderr
+    assert "wrote ../cli (" in result.stdout
     assert "verification passed" in result.stdout and "max|diff|" in result.stdout
     result = cli("verify", str(tmp_path / "cli"), "--model", str(transformers_checkpoint))
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "cli" / "verify.json").read_text())["passed"] is True
+
+
+def test_every_bundle_file_gets_the_usual_mode(transformers_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """onnx writes external weights (model.onnx.data) as 0600; a bundle copied to a server must be readable."""
+    monkeypatch.setattr(towers, "EXTERNAL_DATA_THRESHOLD", 0)  # the tiny towers get external weights too
+    old = os.umask(0o022)
+    try:
+        result = export_bundle(str(transformers_checkpoint), tmp_path / "b",
+                               ExportOptions(precisions=("fp32",), optimize=False, verify=False))
+    finally:
+        os.umask(old)
+    data = [f for f in result.manifest.files if f.endswith(".onnx.data")]
+    assert sorted(data) == ["textual/model.onnx.data", "visual/model.onnx.data"]
+    for path in [result.bundle, *result.bundle.rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path

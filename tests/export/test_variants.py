@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,12 @@ import pytest
 
 from altclip_onnx.bundle import TEXTUAL, VISUAL, read_manifest
 from altclip_onnx.export import optimize
-from altclip_onnx.export.verify import GATES, Case, compare, zero_shot_agreement
+from altclip_onnx.export.verify import Case, compare, zero_shot_agreement
+
+# The gates as documented in README (written out here, not imported from the code they check):
+# fp16 min cosine >= 0.9995; int8 min >= 0.98 and mean >= 0.995; zero-shot agreement >= 98%.
+MIN_COSINE = {"fp16": 0.9995, "int8": 0.98}
+MEAN_COSINE = {"int8": 0.995}
 from altclip_onnx.runtime.encoder import Encoder
 
 
@@ -24,10 +27,9 @@ def test_variants_pass_their_gates(tiny_bundle: Path) -> None:
         for tower in (VISUAL, TEXTUAL):
             rows = [r for r in report["rows"] if r["precision"] == precision and r["tower"] == tower]
             assert len(rows) == (6 if tower == VISUAL else 10)
-            gate = GATES[precision]
-            assert min(r["min_cosine"] for r in rows) >= gate.min_cosine
-            if gate.mean_cosine:
-                assert np.mean([r["mean_cosine"] for r in rows]) >= gate.mean_cosine
+            assert min(r["min_cosine"] for r in rows) >= MIN_COSINE[precision]
+            if precision in MEAN_COSINE:
+                assert np.mean([r["mean_cosine"] for r in rows]) >= MEAN_COSINE[precision]
     # fp16 on the CPU provider stays far inside its gate; int8 loses measurably but passes.
     fp16 = min(r["min_cosine"] for r in report["rows"] if r["precision"] == "fp16")
     int8 = min(r["min_cosine"] for r in report["rows"] if r["precision"] == "int8")
@@ -56,7 +58,7 @@ def test_manifest_records_accuracy_sizes_and_fusions(tiny_bundle: Path) -> None:
         assert fp32.get("QuickGelu" if tower == VISUAL else "BiasGelu", 0) == 2
         int8 = variants["int8"].fused_ops
         assert int8.get("MatMulInteger", 0) > 0  # quantized projections
-        # The text tower's int8 keeps the fused GELU (see optimize.INT8_SOURCE); the image tower's is unfused.
+        # The text tower's int8 keeps the fused GELU (see export.variants.RECIPES); the image tower's is unfused.
         assert int8.get("BiasGelu", 0) == (2 if tower == TEXTUAL else 0)
     text = (tiny_bundle / "verify.json").read_text()
     assert '"fused_ops"' in text and '"Attention": 2' in text
@@ -127,19 +129,3 @@ def test_zero_shot_agreement_counts_only_confident_cases() -> None:
 def test_count_ops_sees_fusions(tiny_bundle: Path) -> None:
     counts = optimize.count_ops(tiny_bundle / "textual" / "model.onnx")
     assert counts["Attention"] == 2 and counts["BiasGelu"] == 2
-
-
-def test_bench_runs_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "altclip_onnx.cli", "bench", str(tiny_bundle), "--repeats", "2",
-         "--batch-sizes", "8", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    for name in ("fp32", "int8", "fp16", "visual tower", "textual tower", "peak RSS"):
-        assert name in done.stdout
-    data = json.loads(out.read_text())
-    assert {r["name"] for r in data["results"]} == {"fp32", "int8", "fp16"}
-    assert all(r["latency_ms"] > 0 and r["peak_rss_mb"] > 0 for r in data["results"])
-    assert data["machine"]["logical_cpus"] >= 1

@@ -19,22 +19,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageEnhance, ImageOps
 
-from altclip_onnx.cli import main, parse_grid
-from altclip_onnx.errors import BundleError, InputError
+from altclip_onnx.cli import main
+from altclip_onnx.cli.fewshot import parse_grid
+from altclip_onnx.errors import CacheError, InputError, OutputError
 from altclip_onnx.runtime import Encoder
-from altclip_onnx.runtime.fewshot import (
-    CACHE,
-    DEFAULT_ALPHAS,
-    DEFAULT_BETAS,
-    VALIDATION,
-    TipAdapter,
-    build_cache,
-    evaluate,
-    read_labelled_folder,
-    search_alpha_beta,
-    split_class,
-    tip_adapter_logits,
-)
+from altclip_onnx.fewshot import TipAdapter, build_cache, evaluate, tip_adapter_logits
+from altclip_onnx.fewshot.adapter import CACHE, VALIDATION
+from altclip_onnx.fewshot.build import DEFAULT_ALPHAS, DEFAULT_BETAS, read_labelled_folder, search_alpha_beta, split_class
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -211,11 +202,11 @@ def test_save_and_load_round_trip(adapter: TipAdapter, encoder: Encoder, views: 
     assert loaded.predict(features) == adapter.predict(features)
     np.testing.assert_allclose(loaded.probabilities(features).sum(axis=1), 1.0, atol=1e-5)
     assert np.load(path)["keys"].shape == (40, 16)  # a plain .npz for numpy too
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         adapter.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]  # no temp files left behind
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="not a Tip-Adapter cache"):
+    with pytest.raises(CacheError, match="not a Tip-Adapter cache"):
         TipAdapter.load(tmp_path / "junk.npz")
 
 
@@ -248,7 +239,7 @@ def test_labels_json_and_bad_folders(encoder: Encoder, views: Path, tmp_path: Pa
 
 def test_cli_fewshot_build(cli_cache: Path, tiny_bundle: Path, views: Path) -> None:
     adapter = TipAdapter.load(cli_cache)
-    assert adapter.bundle.precision == "int8" and adapter.class_names == CLASSES
+    assert adapter.precision == "int8" and adapter.class_names == CLASSES
     again = run_cli("fewshot", "build", tiny_bundle, views / "train", "-o", cli_cache)
     assert again.exit_code == 1 and "already exists; pass --overwrite" in again.stderr
     result = run_cli("fewshot", "build", tiny_bundle, views / "train", "-o", cli_cache, "--overwrite",
@@ -335,7 +326,7 @@ def test_a_cache_from_another_bundle_is_refused(cli_cache: Path, tiny_bundle: Pa
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["files"]["visual/model.onnx"]["sha256"] = "0" * 64  # as if re-exported from other weights
     (other / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="was built with another bundle"):
+    with pytest.raises(CacheError, match=r"was built with AltCLIP-tiny \(16-d, weights \w{12}\), but .*other-bundle is"):
         TipAdapter.load(cli_cache, Encoder(other, provider="cpu"))
     TipAdapter.load(cli_cache, Encoder(tiny_bundle, provider="cpu", precision="fp32"))  # other precision: fine
     shutil.copytree(tiny_bundle, tmp_path / "moved")
@@ -344,4 +335,4 @@ def test_a_cache_from_another_bundle_is_refused(cli_cache: Path, tiny_bundle: Pa
                  ("evaluate", other, views / "test", "--fewshot", cli_cache)):
         result = run_cli(*args)
         assert result.exit_code == 1
-        assert len(result.stderr.strip().splitlines()) == 1 and "was built with another bundle" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "was built with AltCLIP-tiny" in result.stderr

@@ -2,12 +2,12 @@
 
 The reference is ``transformers.CLIPImageProcessorPil`` (transformers 5's PIL backend, chosen
 explicitly: plain ``CLIPImageProcessor`` is the torchvision backend in transformers 5), built
-from the same settings the bundle writes to ``preprocessor_config.json``.
+from the same settings the bundle writes to ``preprocessor_config.json``, computed by the fixture
+builder for every image of ``tests/cases.py`` ``reference_images()`` and looked up here (``ref``).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -22,32 +22,24 @@ from altclip_onnx.errors import InputError
 from altclip_onnx.runtime import images
 from altclip_onnx.runtime.images import load_image, preprocess, preprocess_batch, to_rgb
 
+from ..cases import (
+    CASES,
+    OTHER_SPEC_CASES,
+    OTHER_SPECS,
+    SPEC,
+    encoded,
+    extreme_aspect_images,
+    rgba_gradient,
+    sixteen_bit_images,
+)
+from ..reference import Reference
+
 skdata = pytest.importorskip("skimage.data")
 
-SPEC = ImageSpec()  # AltCLIP: shortest edge 224, crop 224, bicubic, OpenAI CLIP mean/std
 TOLERANCE = 1e-5
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def reference_processor(spec: ImageSpec):
-    transformers = pytest.importorskip("transformers")
-    config = {k: v for k, v in spec.preprocessor_config().items() if k != "image_processor_type"}
-    processor = transformers.CLIPImageProcessorPil(**config)
-    assert processor.backend == "pil"
-    return processor
-
-
-_PROCESSORS: dict[ImageSpec, object] = {}
-
-
-def reference(image: Image.Image, spec: ImageSpec = SPEC) -> np.ndarray:
-    """transformers' pixel_values for one decoded image: float32 [3, S, S]."""
-    if spec not in _PROCESSORS:
-        _PROCESSORS[spec] = reference_processor(spec)
-    out = _PROCESSORS[spec](images=image, return_tensors="np")["pixel_values"]
-    return np.asarray(out)[0]
 
 
 def max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,139 +47,40 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
-def reload(image: Image.Image, fmt: str, **save_args) -> Image.Image:
-    """Save and decode again, so the image is what a real file of that kind gives."""
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save_args)
-    return load_image(buffer.getvalue())
-
-
-def encoded(image: Image.Image, fmt: str, **save_args) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save_args)
-    return buffer.getvalue()
-
-
-def horizontal_ramp(width: int, height: int) -> np.ndarray:
-    return np.broadcast_to(np.linspace(0, 255, width).round().astype(np.uint8), (height, width))
-
-
-def rgba_gradient() -> Image.Image:
-    rgb = skdata.chelsea()
-    alpha = horizontal_ramp(rgb.shape[1], rgb.shape[0])
-    return Image.fromarray(np.dstack([rgb, alpha]))  # RGBA
-
-
-def la_gradient() -> Image.Image:
-    gray = skdata.camera()
-    alpha = horizontal_ramp(gray.shape[1], gray.shape[0]).T.copy()  # vertical ramp
-    return Image.merge("LA", (Image.fromarray(gray), Image.fromarray(alpha)))
-
-
-def p_with_transparent_index() -> Image.Image:
-    palette = Image.fromarray(skdata.chelsea()).quantize(64)
-    index = palette.getpixel((0, 0))
-    return reload(palette, "PNG", transparency=index)
-
-
-def p_with_palette_alpha() -> Image.Image:
-    image = reload(rgba_gradient().quantize(32), "PNG")
-    assert image.mode == "P" and "transparency" in image.info
-    return image
-
-
-def rgb_with_transparent_colour() -> Image.Image:
-    rgb = Image.fromarray(skdata.coffee()).quantize(16).convert("RGB")
-    return reload(rgb, "PNG", transparency=rgb.getpixel((0, 0)))
-
-
-def cmyk_jpeg() -> Image.Image:
-    image = reload(Image.fromarray(skdata.astronaut()).convert("CMYK"), "JPEG", quality=90)
-    assert image.mode == "CMYK"
-    return image
-
-
-def noise(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def float_image() -> Image.Image:
-    values = skdata.camera().astype(np.float32) * 1.3 - 20.5  # -20.5 .. 311: exercises the clip
-    return Image.fromarray(values)  # mode F
-
-
-CASES = {
-    "astronaut RGB": lambda: Image.fromarray(skdata.astronaut()),
-    "chelsea RGB 451x300": lambda: Image.fromarray(skdata.chelsea()),
-    "coffee RGB 600x400": lambda: Image.fromarray(skdata.coffee()),
-    "camera L": lambda: Image.fromarray(skdata.camera()),
-    "RGBA alpha gradient": rgba_gradient,
-    "LA alpha gradient": la_gradient,
-    "P transparent index": p_with_transparent_index,
-    "P palette alpha": p_with_palette_alpha,
-    "RGB transparent colour": rgb_with_transparent_colour,
-    "L 600x400": lambda: Image.fromarray(skdata.coffee()).convert("L"),
-    "1-bit": lambda: Image.fromarray(skdata.camera()).convert("1"),
-    "CMYK JPEG": cmyk_jpeg,
-    "F (float)": float_image,
-    "I within 0..255": lambda: Image.fromarray(skdata.camera().astype(np.int32)),
-    "1x1": lambda: Image.new("RGB", (1, 1), (200, 30, 90)),
-    "3000x20 noise": lambda: noise(3000, 20),
-    "20x3000 noise": lambda: noise(20, 3000, seed=1),
-    "100x50": lambda: Image.fromarray(skdata.astronaut()).resize((100, 50), Image.Resampling.BICUBIC),
-    "225x301 odd": lambda: noise(225, 301, seed=2),
-}
-
-
 # ----------------------------------------------------------------------------- equality
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_matches_transformers(name: str) -> None:
+def test_matches_transformers(name: str, ref: Reference) -> None:
     image = CASES[name]()
     ours = preprocess(image, SPEC)
     assert ours.dtype == np.float32 and ours.shape == (3, 224, 224)
     assert ours.flags.c_contiguous
-    assert max_diff(ours, reference(image)) <= TOLERANCE
-
-
-# Other settings reach the code paths AltCLIP's never does: a crop larger than the resized image
-# (zero padding), an odd crop (offset rounding) and other filters.
-OTHER_SPECS = [
-    ImageSpec(size=224, shortest_edge=180, resample=2),
-    ImageSpec(size=225, shortest_edge=230, resample=1),
-    ImageSpec(size=64, shortest_edge=40, resample=0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-]
+    assert max_diff(ours, ref.pixels(image, SPEC)) <= TOLERANCE
 
 
 @pytest.mark.parametrize("spec", OTHER_SPECS, ids=lambda s: f"crop{s.size}-edge{s.shortest_edge}-f{s.resample}")
-@pytest.mark.parametrize("name", ["chelsea RGB 451x300", "100x50", "1x1", "3000x20 noise", "RGBA alpha gradient"])
-def test_matches_transformers_other_specs(spec: ImageSpec, name: str) -> None:
+@pytest.mark.parametrize("name", OTHER_SPEC_CASES)
+def test_matches_transformers_other_specs(spec: ImageSpec, name: str, ref: Reference) -> None:
     image = CASES[name]()
     ours = preprocess(image, spec)
     assert ours.shape == (3, spec.size, spec.size)
-    assert max_diff(ours, reference(image, spec)) <= TOLERANCE
+    assert max_diff(ours, ref.pixels(image, spec)) <= TOLERANCE
 
 
-def test_output_size_truncates_like_transformers() -> None:
-    transformers = pytest.importorskip("transformers")
-    get_size = transformers.image_transforms.get_resize_output_image_size
-    rng = np.random.default_rng(3)
-    sizes = [(1, 1), (3000, 20), (20, 3000), (451, 300), (7, 3)] + [tuple(s) for s in rng.integers(1, 5000, (300, 2))]
-    for width, height in sizes:
-        for edge in (224, 37):
-            chw = np.zeros((3, height, width), np.uint8)
-            expected_h, expected_w = get_size(chw, size=edge, default_to_square=False, input_data_format="channels_first")
-            assert images._output_size(width, height, edge) == (expected_w, expected_h)
+def test_output_size_truncates_like_transformers(ref: Reference) -> None:
+    sizes = ref.data["resize_sizes"]  # transformers' get_resize_output_image_size for each case
+    assert len(sizes) > 600
+    for width, height, edge, expected_w, expected_h in sizes:
+        assert images._output_size(width, height, edge) == (expected_w, expected_h)
 
 
-def test_arrays_are_read_like_pil_images() -> None:
+def test_arrays_are_read_like_pil_images(ref: Reference) -> None:
     rgba = np.asarray(rgba_gradient())
     gray = skdata.camera()
     for array in (skdata.astronaut(), rgba, gray, gray[..., None]):
         ours = preprocess(load_image(array), SPEC)
-        assert max_diff(ours, reference(Image.fromarray(array.squeeze()))) <= TOLERANCE
+        assert max_diff(ours, ref.pixels(Image.fromarray(array.squeeze()), SPEC)) <= TOLERANCE
 
 
 def test_batch_equals_single() -> None:
@@ -199,33 +92,26 @@ def test_batch_equals_single() -> None:
     assert preprocess_batch([], SPEC).shape == (0, 3, 224, 224)
 
 
-def test_extreme_aspect_ratio_resizes_only_the_crop_window(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_extreme_aspect_ratio_resizes_only_the_crop_window(monkeypatch: pytest.MonkeyPatch, ref: Reference) -> None:
     """Past the pixel budget only the crop window is resampled: a pixel may be a level or two off
     (Pillow keeps the box in float32; bicubic overshoot on noise can double a one-level error)."""
     monkeypatch.setattr(images, "_MAX_RESIZED_PIXELS", 224 * 224)
     one_level = 1 / 255 / min(SPEC.std)
-    for image in (CASES["3000x20 noise"](), CASES["20x3000 noise"](), noise(7001, 33), noise(29, 9001)):
-        assert max_diff(preprocess(image, SPEC), reference(image)) <= 2 * one_level + TOLERANCE
+    for image in extreme_aspect_images():
+        assert max_diff(preprocess(image, SPEC), ref.pixels(image, SPEC)) <= 2 * one_level + TOLERANCE
 
 
 # ----------------------------------------------------------------------------- 16-bit
 
 
-def test_16bit_is_scaled_not_clipped() -> None:
+def test_16bit_is_scaled_not_clipped(ref: Reference) -> None:
     """Deliberate difference: transformers (Pillow's convert) clips 16-bit values at 255."""
-    gray = skdata.camera()
-    eight_bit = preprocess(Image.fromarray(gray), SPEC)
-    sixteen = gray.astype(np.uint16) * 257
-    for image in (
-        Image.fromarray(sixteen),  # I;16
-        Image.fromarray(sixteen.astype(">u2")),  # I;16B
-        load_image(encoded(Image.fromarray(sixteen), "PNG")),  # a real 16-bit PNG
-        Image.fromarray(sixteen.astype(np.int32)),  # I with values above 255: stretched 0..max
-    ):
+    eight_bit = preprocess(Image.fromarray(skdata.camera()), SPEC)
+    for image in sixteen_bit_images():
         assert image.mode in ("I;16", "I;16B", "I")
         assert max_diff(preprocess(image, SPEC), eight_bit) <= TOLERANCE, image.mode
         # ... while transformers renders it almost white: every value >= 256 becomes 255.
-        theirs = reference(image)
+        theirs = ref.pixels(image, SPEC)
         assert max_diff(theirs, eight_bit) > 1.0
         white = (1 - np.asarray(SPEC.mean, np.float32)) / np.asarray(SPEC.std, np.float32)
         assert np.mean(np.isclose(theirs, white[:, None, None], atol=1e-4)) > 0.9

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from altclip_onnx.cli import main
-from altclip_onnx.errors import InputError, MissingDependencyError
+from altclip_onnx.errors import BusyError, InputError, MissingDependencyError, OutputError
 from altclip_onnx.runtime import Encoder
 from altclip_onnx.runtime.outputs import EmbedOptions, checkpoint_folder, embed_images_to_file, read_embeddings
 from altclip_onnx.runtime.pipeline import embed_images, iter_image_files, iter_lines, split_labels
@@ -88,7 +88,9 @@ def test_folders_are_walked_recursively_in_a_fixed_order(photos: Path, tmp_path:
 
 def test_lines_and_labels() -> None:
     assert list(iter_lines(io.BytesIO("\ufeffone\r\n\n  \ntwo 猫\n".encode()))) == ["one", "two 猫"]
-    assert split_labels(["猫, 狗,car", "狗"], ["a, b"]) == ["猫", "狗", "car", "a, b"]
+    assert split_labels(["猫, 狗,car,", ""], ["a, b"]) == ["猫", "狗", "car", "a, b"]  # empty pieces dropped
+    with pytest.raises(InputError, match="label '狗' is given twice"):  # would be merged into one at 100%
+        split_labels(["猫, 狗", " 狗 "])
 
 
 # ------------------------------------------------------------------------------------ embed
@@ -99,7 +101,7 @@ def test_embed_writes_npy_and_paths_equal_to_encode_images(photos: Path, tmp_pat
     out = tmp_path / "emb.npy"
     result = run_cli("embed", tiny_bundle, photos, "-o", out, "--precision", "fp32", "--batch-size", "2")
     assert result.exit_code == 0, result.output
-    assert "embedded 5 images, 0 failed" in result.stdout
+    assert result.stdout.startswith("embedded 5 images, ") and "failed" not in result.stdout
     paths = (tmp_path / "emb.paths.txt").read_text().splitlines()
     assert relative(paths, photos) == EXPECTED
     rows = np.load(out)
@@ -169,7 +171,7 @@ def test_bad_files_are_reported_and_skipped(photos: Path, tmp_path: Path, tiny_b
     result = run_cli("embed", tiny_bundle, folder, tmp_path / "nowhere.jpg", "-o", out, "--precision", "fp32",
                      "--batch-size", "2")
     expected["nowhere.jpg"] = "no such file"
-    assert result.exit_code == 2
+    assert result.exit_code == 4  # done, but some inputs failed (2 is a usage error)
     failed = result.stderr.strip().splitlines()
     assert len(failed) == len(expected)
     for line, (name, reason) in zip(failed, expected.items()):
@@ -219,7 +221,7 @@ def test_an_interrupted_run_resumes_without_redoing_work(photos: Path, tmp_path:
     assert sorted(p.name for p in partial.iterdir()) == ["000000.items.jsonl", "000000.npy", "lock", "meta.json"]
 
     # other settings: refused rather than mixed
-    with pytest.raises(InputError, match="other settings"):
+    with pytest.raises(OutputError, match="other settings"):
         embed_images_to_file(first, iter_image_files([photos]), out, EmbedOptions(normalize=False, progress=False))
     # a run still writing this output (here: a lock held by this test) keeps a second one out
     if sys.platform != "win32":
@@ -227,7 +229,7 @@ def test_an_interrupted_run_resumes_without_redoing_work(photos: Path, tmp_path:
 
         with open(partial / "lock", "a+") as held:
             fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            with pytest.raises(InputError, match=r"another run (\(pid \d+\) )?is writing this output"):
+            with pytest.raises(BusyError, match=r"another run (\(pid \d+\) )?is writing it"):
                 embed_images_to_file(first, iter_image_files([photos]), out, options)
 
     second = Encoder(tiny_bundle, provider="cpu", precision="fp32")
@@ -361,8 +363,12 @@ def test_classify_table_and_json(photos: Path, tiny_bundle: Path, encoder: Encod
     assert lines[1].split("  ")[1].strip().startswith(best)
     assert f"{100 * probs.max():.1f}%" in lines[1]
 
-    missing = run_cli("classify", tiny_bundle, photos / "nope.jpg", "--labels", "a,b")
-    assert missing.exit_code == 2 and "nope.jpg: no such file" in missing.stderr
+    missing = run_cli("classify", tiny_bundle, photos / "nope.jpg", "--labels", "a,b", "--json")
+    assert missing.exit_code == 4 and "nope.jpg: no such file" in missing.stderr
+    # --json lists failed files too, as evaluate --json does
+    assert json.loads(missing.stdout) == [{"path": str(photos / "nope.jpg"), "error": "no such file"}]
+    duplicate = run_cli("classify", tiny_bundle, images[0], "--labels", "a, b,a")
+    assert duplicate.exit_code == 1 and "label 'a' is given twice" in duplicate.stderr
 
 
 # -------------------------------------------------------------------------------------- draft

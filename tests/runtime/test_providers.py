@@ -1,25 +1,21 @@
-"""Provider choice, sessions and doctor, tested without hardware by faking what is available."""
+"""Provider choice and sessions, tested without hardware by faking what is available."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from altclip_onnx.errors import BundleError, InputError
-from altclip_onnx.runtime import providers
+from altclip_onnx.precisions import CPU
 from altclip_onnx.runtime.providers import (
-    CPU,
     PREFERENCE,
     SHORT_NAMES,
     choose_providers,
-    doctor,
-    format_doctor,
     make_session,
-    parse_cpuinfo,
     provider_options,
-    recommend_flavour,
     resolve_provider_name,
     session_options,
 )
@@ -124,136 +120,16 @@ def test_session_options_threads():
         session_options(-1)
 
 
-# ------------------------------------------------------------------ recommendation
-
-
-@pytest.mark.parametrize(
-    ("os_name", "machine", "vendor", "nvidia", "other_gpu", "expected"),
-    [
-        ("Linux", "x86_64", "GenuineIntel", True, False, "onnxruntime-gpu"),
-        ("Windows", "AMD64", "AuthenticAMD", True, False, "onnxruntime-gpu"),
-        ("Linux", "x86_64", "GenuineIntel", False, False, "onnxruntime-openvino"),
-        ("Windows", "AMD64", "intel", False, True, "onnxruntime-openvino"),
-        ("Darwin", "arm64", "apple", False, False, "onnxruntime"),
-        ("Darwin", "x86_64", "GenuineIntel", False, False, "onnxruntime"),
-        ("Windows", "AMD64", "AuthenticAMD", False, True, "onnxruntime-directml"),
-        ("Windows", "ARM64", "unknown", False, True, "onnxruntime-directml"),
-        ("Windows", "AMD64", "AuthenticAMD", False, False, "onnxruntime"),
-        ("Linux", "x86_64", "AuthenticAMD", False, False, "onnxruntime"),
-        ("Linux", "aarch64", "ARM", False, False, "onnxruntime"),
-        ("Linux", "x86_64", "AuthenticAMD", False, True, "onnxruntime"),
-        ("FreeBSD", "amd64", "unknown", False, False, "onnxruntime"),
-        ("", "", "", False, False, "onnxruntime"),
-    ],
-)
-def test_recommend_flavour(os_name, machine, vendor, nvidia, other_gpu, expected):
-    assert recommend_flavour(os_name, machine, vendor, nvidia, has_other_gpu=other_gpu) == expected
-
-
-def test_parse_cpuinfo():
-    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7\n"
-    assert parse_cpuinfo(intel) == ("GenuineIntel", "Intel(R) Core(TM) i7")
-    arm = "processor\t: 0\nCPU implementer\t: 0x41\nHardware\t: BCM2835\nModel\t: Raspberry Pi 4\n"
-    assert parse_cpuinfo(arm) == ("ARM", "BCM2835")
-    assert parse_cpuinfo("") == ("unknown", "unknown")
-    assert parse_cpuinfo("garbage without colons\n\x00") == ("unknown", "unknown")
-
-
-# ------------------------------------------------------------------ doctor
-
-
-def test_doctor_on_this_machine():
-    import onnxruntime
-
-    info = doctor()
-    text = format_doctor(info)
-    assert onnxruntime.__version__ in text
-    assert "CPUExecutionProvider" in text
-    assert info["recommended_flavour"] in providers.FLAVOURS
-
-
-def test_doctor_survives_unreadable_cpuinfo_and_missing_tools(monkeypatch):
-    def unreadable() -> str:
-        raise PermissionError("/proc/cpuinfo")
-
-    def broken() -> str:
-        raise OSError("no such thing")
-
-    monkeypatch.setattr(providers, "_read_cpuinfo", unreadable)
-    monkeypatch.setattr(providers.platform, "processor", broken)
-    monkeypatch.setattr(providers, "_has_nvidia", broken)
-    info = doctor()
-    assert info["cpu_vendor"] == "unknown"
-    assert info["cpu_model"] == "unknown"
-    assert info["has_nvidia_gpu"] is False
-    assert "CPUExecutionProvider" in format_doctor(info)
-
-
-def test_doctor_on_unknown_platform(monkeypatch):
-    monkeypatch.setattr(providers.platform, "system", lambda: "Plan9")
-    monkeypatch.setattr(providers.platform, "machine", lambda: "")
-    monkeypatch.setattr(providers.platform, "processor", lambda: "")
-    info = doctor()
-    assert info["os"] == "Plan9"
-    assert info["machine"] == "unknown"
-    assert info["recommended_flavour"] == "onnxruntime"
-
-
-def test_doctor_reports_several_flavours_and_switch_commands(monkeypatch):
-    both = {"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.32.0"}
-    monkeypatch.setattr(providers, "_installed_flavours", lambda: both)
-    monkeypatch.setattr(providers, "_has_nvidia", lambda: False)
-    monkeypatch.setattr(providers, "_read_cpuinfo", lambda: "vendor_id : AuthenticAMD\n")
-    monkeypatch.setattr(providers.platform, "system", lambda: "Linux")
-    info = doctor()
-    assert any("overwrite each other" in p for p in info["problems"])
-    assert info["commands"] == [
-        "pip uninstall -y onnxruntime onnxruntime-gpu",
-        "pip install onnxruntime",
-    ]
-    text = format_doctor(info)
-    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in text
-
-
-def test_doctor_no_commands_when_recommended_is_installed(monkeypatch):
-    monkeypatch.setattr(providers, "_installed_flavours", lambda: {"onnxruntime": "1.32.0"})
-    monkeypatch.setattr(providers, "_has_nvidia", lambda: False)
-    monkeypatch.setattr(providers, "_read_cpuinfo", lambda: "vendor_id : AuthenticAMD\n")
-    monkeypatch.setattr(providers.platform, "system", lambda: "Linux")
-    info = doctor()
-    assert info["commands"] == []
-    assert info["problems"] == []
-
-
-def test_format_doctor_tolerates_an_empty_dict():
-    assert "unknown" in format_doctor({})
-
-
 # ------------------------------------------------------------------ sessions
 
 
-def _tiny_model(path: Path) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
-
-
-def test_make_session_runs_a_tiny_model(tmp_path):
-    session = make_session(_tiny_model(tmp_path / "tiny.onnx"), provider="cpu", threads=1)
+def test_make_session_runs_a_tiny_model(fixture_dir: Path):
+    add = fixture_dir / "graphs" / "add.onnx"  # y = x + x
+    session = make_session(add, provider="cpu", threads=1)
     (out,) = session.run(None, {"x": np.array([[1.0, 2.0]], dtype=np.float32)})
     np.testing.assert_array_equal(out, [[2.0, 4.0]])
     assert session.get_providers() == [CPU]
-    assert make_session(tmp_path / "tiny.onnx").get_providers()[-1] == CPU
+    assert make_session(add).get_providers()[-1] == CPU
 
 
 def test_make_session_on_corrupt_file_is_a_one_line_bundle_error(tmp_path):
@@ -267,25 +143,9 @@ def test_make_session_on_corrupt_file_is_a_one_line_bundle_error(tmp_path):
     assert "\n" not in message
 
 
-def test_make_session_on_missing_external_data_names_the_file(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.ones((2, 2), dtype=np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "ext",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+def test_make_session_on_missing_external_data_names_the_file(fixture_dir: Path, tmp_path: Path):
     path = tmp_path / "model.onnx"
-    onnx.save_model(
-        model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=0
-    )
-    (tmp_path / "model.onnx.data").unlink()
+    shutil.copy(fixture_dir / "graphs" / "external" / "model.onnx", path)  # its weights: model.onnx.data, not copied
     with pytest.raises(BundleError) as caught:
         make_session(path)
     message = str(caught.value)

@@ -166,25 +166,58 @@ def test_export_refusal_writes_nothing(blocked_run: dict, tiny_bundle: Path) -> 
 EXPECTED_ALL = [
     "AltclipOnnxError",
     "BundleError",
+    "BusyError",
+    "CacheError",
     "DEFAULT_TEMPLATES",
+    "EmbedOptions",
     "Encoder",
+    "Evaluation",
     "ExportError",
     "FORMAT_VERSION",
+    "Hit",
+    "Index",
     "InputError",
+    "IntegrityError",
+    "Interrupted",
     "Manifest",
     "MissingDependencyError",
+    "ModelIdentity",
+    "OutputError",
+    "PRECISION_NAMES",
     "SourceError",
+    "StoreError",
+    "TipAdapter",
     "VerificationError",
     "__version__",
+    "build_cache",
     "check_integrity",
+    "embed_images_to_file",
+    "embed_texts_to_file",
+    "evaluate",
+    "iter_image_files",
+    "read_embeddings",
     "read_manifest",
+    "require_integrity",
 ]
+ERRORS = ["BundleError", "BusyError", "CacheError", "ExportError", "InputError", "IntegrityError", "OutputError",
+          "SourceError", "StoreError", "VerificationError", "MissingDependencyError"]
 
 
 def test_public_surface() -> None:
-    assert sorted(altclip_onnx.__all__) == EXPECTED_ALL
+    assert sorted(altclip_onnx.__all__) == sorted(EXPECTED_ALL)
     assert len(set(altclip_onnx.__all__)) == len(altclip_onnx.__all__)
     for name in altclip_onnx.__all__:
         assert getattr(altclip_onnx, name) is not None, name
-    assert issubclass(altclip_onnx.InputError, altclip_onnx.AltclipOnnxError)
+    for name in ERRORS:  # one tree: a caller can catch everything the library raises on purpose
+        assert issubclass(getattr(altclip_onnx, name), altclip_onnx.AltclipOnnxError), name
+    assert issubclass(altclip_onnx.IntegrityError, altclip_onnx.BundleError)
+    assert issubclass(altclip_onnx.Interrupted, KeyboardInterrupt)  # Ctrl-C stays Ctrl-C
     assert callable(altclip_onnx.check_integrity) and isinstance(altclip_onnx.DEFAULT_TEMPLATES, tuple)
+
+
+@pytest.mark.skipif(os.environ.get("ALTCLIP_RUNTIME_ONLY") != "1", reason="only in the runtime-only environment")
+def test_this_environment_really_lacks_the_export_packages() -> None:
+    """scripts/test.sh runs tests/runtime in .venv-runtime: prove torch & co. are really absent there."""
+    import importlib.util
+
+    assert [m for m in BLOCKED if importlib.util.find_spec(m) is not None] == []

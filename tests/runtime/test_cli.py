@@ -1,0 +1,107 @@
+"""The command line itself: one group, consistent options, exit codes, errors in one line, tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import altclip_onnx
+from altclip_onnx.cli import main
+from altclip_onnx.cli.app import display_width, table
+
+COMMANDS = ["bench", "classify", "doctor", "embed", "embed-text", "evaluate", "export", "fewshot build", "index",
+            "search", "verify"]
+
+
+def run(*args: object, env: dict | None = None, input: str | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, input=input, catch_exceptions=False)
+
+
+def command(name: str) -> click.Command:
+    found: click.Command = main
+    for part in name.split():
+        found = found.commands[part]  # type: ignore[attr-defined]
+    return found
+
+
+def test_version_and_help() -> None:
+    for flag in ("-V", "--version"):
+        result = run(flag)
+        assert result.exit_code == 0 and altclip_onnx.__version__ in result.stdout
+    assert "Exit codes: 0 done; 1 error; 2 usage error; 3 verification failed; 4 done" in " ".join(
+        run("--help").stdout.split())
+    for name in COMMANDS:
+        result = run(*name.split(), "--help")
+        assert result.exit_code == 0, name
+
+
+def test_every_command_is_listed() -> None:
+    listed = set(main.commands) | {f"fewshot {c}" for c in main.commands["fewshot"].commands}  # type: ignore[attr-defined]
+    assert listed - {"fewshot"} == set(COMMANDS)
+
+
+def options_of(name: str) -> dict[str, click.Option]:
+    return {p.name: p for p in command(name).params if isinstance(p, click.Option)}
+
+
+def test_shared_options_behave_the_same_everywhere() -> None:
+    for name in COMMANDS:
+        options = options_of(name)
+        if "threads" in options:  # one range: 0 (automatic) and up
+            assert options["threads"].type.min == 0 and options["threads"].type.max is None, name
+        if "provider" in options:  # one way to read ONNX_PROVIDER
+            assert options["provider"].envvar == "ONNX_PROVIDER", name
+        if "as_json" in options:  # --json is a flag everywhere
+            assert options["as_json"].is_flag and options["as_json"].opts == ["--json"], name
+        if "top" in options or "k" in options:
+            opt = options.get("top") or options["k"]
+            assert "-k" in opt.opts and "--top" in opt.opts, name
+    # Commands that take several precisions accept the same comma-separated, repeatable syntax.
+    for name in ("export", "verify", "bench"):
+        option = options_of(name)["precisions"]
+        assert option.multiple and option.metavar == "P[,P...]", name
+
+
+@pytest.mark.parametrize("args", [
+    ("embed",),  # no bundle
+    ("classify", "b", "x.jpg"),  # no labels
+    ("bench", "b", "--precision", "fp32,bf16"),
+    ("search", "--db", "x"),  # neither text nor --image
+    ("embed", "b", "x", "-o", "o.npy", "--threads", "-1"),
+])
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    assert run(*args).exit_code == 2
+
+
+def test_known_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = run("embed", tmp_path / "no-bundle", tmp_path, "-o", tmp_path / "x.npy")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'no-bundle'}: no such bundle folder; "
+                                                  "export one with 'altclip-onnx export'"]
+
+
+def test_unknown_output_extensions_are_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    """-o emb.csv used to write emb.csv.npy silently."""
+    (tmp_path / "a.png").write_bytes(b"")
+    result = run("embed", tiny_bundle, tmp_path / "a.png", "-o", tmp_path / "emb.csv")
+    assert result.exit_code == 1 and "unknown output format '.csv'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_nothing_to_embed_is_an_error_naming_where_it_looked(tiny_bundle: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("embed", tiny_bundle, empty, "-o", tmp_path / "out.npy")
+    assert result.exit_code == 1 and f"no image files found under {empty}" in result.stderr
+    assert not (tmp_path / "out.npy").exists() and not list(tmp_path.glob("out*"))
+    texts = run("embed-text", tiny_bundle, "-", "-o", tmp_path / "t.npy", input="\n  \n")
+    assert texts.exit_code == 1 and "no texts to embed" in texts.stderr
+
+
+def test_tables_align_wide_characters() -> None:
+    assert display_width("猫a") == 3
+    lines = table(["name", "n"], [["猫猫", "1"], ["dog", "10"]], right=(1,)).splitlines()
+    assert lines == ["name   n", "猫猫   1", "dog   10"]
