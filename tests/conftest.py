@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime  # noqa: F401  before any test module imports usearch, whose wheels (2.26.2+) crash
@@ -46,6 +48,12 @@ def tiny_bundle(fixture_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_bundle(fixture_dir: Path) -> Path:
+    """The same tiny architecture with other weights: another model, as far as indexes and caches care."""
+    return fixture_dir / "other-bundle"
+
+
+@pytest.fixture(scope="session")
 def ref(fixture_dir: Path) -> Reference:
     return Reference(fixture_dir)
 
@@ -56,3 +64,24 @@ def fixture_photos(fixture_dir: Path) -> list[Path]:
     from .cases import PHOTOS
 
     return [fixture_dir / "photos" / name for name in PHOTOS]
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder nothing can be written into. Root ignores permission bits, so as root it is a read-only
+    tmpfs mount (EROFS, as on a read-only disk); otherwise a folder with mode 0555 (EACCES)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"running as root without permission to mount a read-only folder: {mount.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

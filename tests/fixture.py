@@ -10,6 +10,7 @@ the loading code that real ones take. The folder then holds::
     checkpoints/AltCLIP-tiny/              transformers' layout (model.safetensors, tokenizer files)
     checkpoints/AltCLIP-m18-flagai-tiny/   FlagAI's layout (pytorch_model.bin with encoder.layer.N, spm only)
     bundle/                                the transformers checkpoint exported (fp32, int8, fp16; verified)
+    other-bundle/                          the same architecture with other weights (fp32, int8): another model
     graphs/add.onnx, graphs/external/      two tiny graphs for session tests (y = x + x; one with external data)
     photos/                                tests/cases.py PHOTOS as files
     reference.json, reference.npz          token ids and features from sentencepiece/transformers/PyTorch
@@ -115,11 +116,11 @@ def save_image_processor(folder: Path) -> None:
     (folder / "preprocessor_config.json").write_text(json.dumps(ImageSpec().preprocessor_config()))
 
 
-def transformers_checkpoint(folder: Path, spm_path: Path) -> Path:
+def transformers_checkpoint(folder: Path, spm_path: Path, seed: int = WEIGHT_SEED) -> Path:
     """transformers' AltCLIP layout: config.json (model_type altclip), model.safetensors, tokenizer files."""
     from transformers import XLMRobertaTokenizer
 
-    tiny_model(spm_path).save_pretrained(folder)
+    tiny_model(spm_path, seed).save_pretrained(folder)
     XLMRobertaTokenizer.from_pretrained(spm_path.parent).save_pretrained(folder)
     save_image_processor(folder)
     return folder
@@ -292,6 +293,8 @@ def build(folder: Path) -> Path:
     checkpoint = transformers_checkpoint(folder / "checkpoints" / "AltCLIP-tiny", spm_path)
     flagai_checkpoint(folder / "checkpoints" / "AltCLIP-m18-flagai-tiny", spm_path)
     export_bundle(str(checkpoint), folder / "bundle", ExportOptions(precisions=BUNDLE_PRECISIONS))
+    other = transformers_checkpoint(folder / "checkpoints" / "AltCLIP-tiny-other", spm_path, seed=WEIGHT_SEED + 1)
+    export_bundle(str(other), folder / "other-bundle", ExportOptions(precisions=("fp32", "int8"), verify=False))
     tiny_graphs(folder / "graphs")
     photos = cases.write_photos(folder / "photos")
     data, arrays = reference_values(folder, spm_path, checkpoint, photos)

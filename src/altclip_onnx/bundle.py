@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError, IntegrityError
-from .files import hash_file, read_json_object
+from .errors import AltclipOnnxError, BundleError, IntegrityError
+from .files import hash_file, read_json_object, write_json
 from .precisions import PRECISION_NAMES, precision
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ SUPPORTED_MAJOR = 1
 
 MANIFEST = "manifest.json"
 VERIFY_REPORT = "verify.json"
+VERIFIED_RECORD = ".verified.json"  # which files' checksums were checked, and in what state (see verify_files)
 VISUAL = "visual"
 TEXTUAL = "textual"
 TOWERS = (VISUAL, TEXTUAL)
@@ -327,6 +330,54 @@ def check_integrity(bundle: str | os.PathLike[str], manifest: Manifest | None = 
         elif hash_file(path) != entry.sha256:
             problems.append(f"{path}: sha256 differs from the manifest (corrupt or modified)")
     return problems
+
+
+def verify_files(bundle: str | os.PathLike[str], manifest: Manifest, names: Iterable[str]) -> None:
+    """Refuse corrupt weights before they run: every size always, every checksum once per file state.
+
+    A flipped block in a weights file runs silently (embeddings at cosine 0.03 to the true ones) and a
+    truncated one crashes inside onnxruntime, so files are checked before a session loads them. Hashing a
+    full bundle takes seconds (sha256 at about 0.5-1 GB/s on the project's CPUs), so a successful check is
+    recorded in ``bundle/.verified.json`` keyed by each file's size, mtime, inode and ctime (ctime cannot be
+    set back by hand); a file in the same state is not hashed again, one that changed in any way is. When the
+    bundle folder is read-only nothing is recorded and the check hashes every time.
+
+    Raises :class:`IntegrityError` naming the file and what to do.
+    """
+    folder = Path(bundle)
+    record_path = folder / VERIFIED_RECORD
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        record = {}
+    changed = False
+    for name in dict.fromkeys(names):
+        entry = manifest.files.get(name)
+        if entry is None:
+            raise IntegrityError(f"{folder / name}: not listed in the manifest; re-export or re-download the bundle")
+        path = folder / name
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise IntegrityError(f"{path}: missing ({exc.strerror}); re-export or re-download the bundle") from exc
+        if st.st_size != entry.size:
+            raise IntegrityError(f"{path}: {st.st_size} bytes, the manifest says {entry.size} (truncated or replaced); "
+                                 "re-export or re-download the bundle")
+        state = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns,
+                 "sha256": entry.sha256}
+        if record.get(name) == state:
+            continue
+        log.info("%s: checking its sha256 (once; recorded in %s)", path, VERIFIED_RECORD)
+        if hash_file(path) != entry.sha256:
+            raise IntegrityError(f"{path}: sha256 differs from the manifest (corrupt or modified); "
+                                 "re-export or re-download the bundle")
+        record[name] = state
+        changed = True
+    if changed:
+        try:
+            write_json(record_path, {"format": 1, "files": record})
+        except AltclipOnnxError as exc:  # a read-only bundle: check again next time
+            log.debug("%s: not recorded (%s)", record_path, exc)
 
 
 def require_integrity(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> Manifest:

@@ -400,3 +400,17 @@ def test_every_bundle_file_gets_the_usual_mode(transformers_checkpoint: Path, tm
     assert sorted(data) == ["textual/model.onnx.data", "visual/model.onnx.data"]
     for path in [result.bundle, *result.bundle.rglob("*")]:
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_a_read_only_destination_is_refused_before_loading(transformers_checkpoint: Path, read_only_folder: Path,
+                                                           monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def no_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the model was loaded before the destination was checked")
+
+    monkeypatch.setattr(sources, "load_model", no_load)
+    from altclip_onnx.export import build
+
+    monkeypatch.setattr(build, "load_model", no_load)
+    with pytest.raises(OutputError, match=rf"{read_only_folder}: cannot write the bundle there \((read-only file "
+                                          r"system|permission denied)\)"):
+        export_bundle(str(transformers_checkpoint), read_only_folder / "bundle", ExportOptions())

@@ -178,7 +178,8 @@ def test_reindex_follows_additions_changes_and_deletions(tmp_path: Path, library
     (library / "astronaut.jpg").rename(moved)
     with Index.open(db) as index:
         report = index.update(encoder, library, progress=False)
-        assert (report.added, report.removed, report.reused, report.embedded, calls) == (1, 1, 1, 0, [])
+        assert (report.moved, report.added, report.removed, report.reused, report.embedded, calls) == (1, 0, 0, 1, 0, [])
+        assert len(index) == 6
         np.testing.assert_array_equal(snapshot(db)[str(moved)][1], after[str(library / "astronaut.jpg")][1])
         assert index.search_image(encoder, moved, k=1)[0] == Hit(str(moved), pytest.approx(1.0, abs=1e-3))
 
@@ -243,17 +244,54 @@ def test_index_paths_are_absolute_and_scoped_to_the_folder(tmp_path: Path, libra
             index.update(encoder, "missing", progress=False)
 
 
+def test_a_moved_library_leaves_no_ghosts(tmp_path: Path, library: Path, tiny_bundle: Path) -> None:
+    """index B p; mv p p2; index B p2 used to give twice the rows, half of them paths that no longer exist."""
+    db = tmp_path / "db"
+    assert run_cli("index", tiny_bundle, library, "--db", db).exit_code == 0
+    moved = tmp_path / "moved-photos"
+    library.rename(moved)
+    result = run_cli("index", tiny_bundle, moved, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "0 added, 0 changed, 6 moved, 0 removed" in result.stdout and "6 images in the index" in result.stdout
+    assert sorted(path for path, _ in rows(db)) == images_in(moved)
+    hits = json.loads(run_cli("search", "--db", db, QUERY, "-k", "10", "--json").stdout)
+    assert len(hits) == 6 and all(Path(hit["path"]).exists() for hit in hits)
+    # The old folder is gone: naming it says what to do; --prune drops rows of files that are gone anywhere.
+    gone = run_cli("index", tiny_bundle, library, "--db", db)
+    assert gone.exit_code == 1 and "no such folder; if it was moved or deleted" in gone.stderr and "--prune" in gone.stderr
+    (moved / "camera.png").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pruned = run_cli("index", tiny_bundle, elsewhere, library, "--db", db, "--prune")
+    assert pruned.exit_code == 0, pruned.output
+    assert "1 removed" in pruned.stdout and "5 images in the index" in pruned.stdout
+    assert run_cli("index", tiny_bundle, "--db", db, "--prune").exit_code == 0  # no folder: prune only
+    assert run_cli("index", tiny_bundle, "--db", db).exit_code == 2  # neither: a usage error
+
+
+def test_a_moved_bundle_is_recorded_by_the_next_index(tmp_path: Path, library: Path, tiny_bundle: Path) -> None:
+    db = tmp_path / "db"
+    first = tmp_path / "bundle-here"
+    shutil.copytree(tiny_bundle, first)
+    assert run_cli("index", first, library, "--db", db).exit_code == 0
+    second = tmp_path / "bundle-there"
+    first.rename(second)
+    assert run_cli("search", "--db", db, QUERY).exit_code == 1  # the recorded bundle is gone
+    assert run_cli("index", second, library, "--db", db).exit_code == 0  # same model: re-recorded
+    with Index.open(db) as index:
+        assert index.model is not None and index.model.bundle == str(second)
+    result = run_cli("search", "--db", db, QUERY, "-k", "1")
+    assert result.exit_code == 0 and "rank" in result.stdout  # no --bundle needed
+
+
 # ------------------------------------------------------------------------------------- model record
 
 
 def edited_bundle(tiny_bundle: Path, tmp_path: Path, **changes: object) -> Path:
-    """A copy of the tiny bundle whose manifest says it is another model (weights or dimension)."""
+    """A copy of the tiny bundle whose manifest says it has another dimension (its files are intact)."""
     copy = tmp_path / "other-bundle"
     shutil.copytree(tiny_bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    if changes.pop("weights", False):
-        visual = manifest["towers"]["visual"]["variants"]["fp32"]["path"]
-        manifest["files"][visual]["sha256"] = "0" * 64
     manifest.update(changes)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
@@ -261,12 +299,12 @@ def edited_bundle(tiny_bundle: Path, tmp_path: Path, **changes: object) -> Path:
 
 @pytest.mark.parametrize("changes", [{"weights": True}, {"embedding_dim": 32, "variant": "AltCLIP-m9"}],
                          ids=["other-weights", "other-dim"])
-def test_another_model_is_a_one_line_error(tmp_path: Path, library: Path, tiny_bundle: Path, encoder: Encoder,
-                                           changes: dict) -> None:
+def test_another_model_is_a_one_line_error(tmp_path: Path, library: Path, tiny_bundle: Path, other_bundle: Path,
+                                           encoder: Encoder, changes: dict) -> None:
     db = tmp_path / "db"
     with Index.open(db, create=True) as index:
         index.update(encoder, library, progress=False)
-    other = edited_bundle(tiny_bundle, tmp_path, **changes)
+    other = other_bundle if changes.pop("weights", False) else edited_bundle(tiny_bundle, tmp_path, **changes)
     with Index.open(db) as index:
         with pytest.raises(StoreError, match="made with"):
             index.search_text(Encoder(other, precision="fp32"), QUERY)
@@ -306,9 +344,9 @@ def test_search_cli_finds_the_bundle_in_the_index(tmp_path: Path, library: Path,
     db = tmp_path / "db"
     result = run_cli("index", tiny_bundle, library, "--db", db, "--precision", "fp32")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip().endswith("s") and "6 added, 0 changed, 0 removed, 0 unchanged" in result.stdout
+    assert result.stdout.strip().endswith("s") and "6 added, 0 changed, 0 moved, 0 removed, 0 unchanged" in result.stdout
     again = run_cli("index", tiny_bundle, library, "--db", db, "--precision", "fp32")
-    assert "0 added, 0 changed, 0 removed, 6 unchanged (0 embedded" in again.stdout
+    assert "0 added, 0 changed, 0 moved, 0 removed, 6 unchanged (0 embedded" in again.stdout
 
     result = run_cli("search", "--db", db, QUERY, "-k", "3", "--json")
     assert result.exit_code == 0, result.output

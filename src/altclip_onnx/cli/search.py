@@ -15,6 +15,7 @@ from .app import (
     exit_partial_if,
     friendly_errors,
     json_option,
+    load_encoder,
     main,
     provider_option,
     report_failures,
@@ -25,25 +26,29 @@ from .app import (
 
 @main.command("index")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--db", required=True, type=click.Path(path_type=Path), help="Index folder (created if missing).")
+@click.option("--prune", is_flag=True,
+              help="Also drop every row whose file is gone, wherever it was (a library moved or deleted elsewhere).")
 @batch_options(8)
 @encoder_options
 @friendly_errors
-def index_command(bundle: Path, folders: tuple[Path, ...], db: Path, batch_size: int, workers: int,
+def index_command(bundle: Path, folders: tuple[Path, ...], db: Path, prune: bool, batch_size: int, workers: int,
                   provider: str | None, precision: str, threads: int | None) -> None:
     """Index the images under FOLDERS (recursively) into DB for 'altclip-onnx search'.
 
     Running it again is incremental: new and changed files are embedded, rows of deleted files
-    removed. An interrupted run keeps its finished batches; run it again to continue. Files that
-    cannot be read are listed on stderr with the reason and skipped; the exit code is then 4.
+    removed, and a photo moved (its old path gone) keeps its vector under the new path. An
+    interrupted run keeps its finished batches; run it again to continue. Files that cannot be
+    read are listed on stderr with the reason and skipped; the exit code is then 4.
     """
-    from ..runtime.encoder import Encoder
     from ..search import Index
 
-    encoder = Encoder(bundle, provider=provider, precision=precision, threads=threads)
+    if not folders and not prune:
+        raise click.UsageError("give at least one FOLDER (or --prune alone to drop the rows of files that are gone)")
+    encoder = load_encoder(bundle, provider, precision, threads)
     with Index.open(db, create=True) as index:
-        report = index.update(encoder, folders, batch_size=batch_size, workers=workers)
+        report = index.update(encoder, folders, prune=prune, batch_size=batch_size, workers=workers)
     report_failures(report.failures)
     click.echo(report.summary())
     exit_partial_if(report.failures)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TEXTUAL, TOKENIZER, TOWER_OUTPUTS, VISUAL, Manifest, ModelIdentity, read_manifest
+from ..bundle import TEXTUAL, TOKENIZER, TOWER_OUTPUTS, VISUAL, Manifest, ModelIdentity, read_manifest, verify_files
 from ..errors import BundleError, InputError
 from ..precisions import AUTO, PRECISION_NAMES, auto_order
 from .images import ImageInput, preprocess_batch
@@ -96,6 +96,8 @@ class Encoder:
     directml) or a full onnxruntime provider name. ``precision``: "auto" (int8 on CPU and fp16 on
     CUDA/TensorRT when the bundle has them), "fp32" (the reference), "int8" or "fp16".
     ``threads``: onnxruntime intra-op threads (None: its default, one per physical core).
+    ``check_files``: before anything runs, check the chosen variants' files and the tokenizer against the
+    manifest (sizes always, sha256 once per file state: see :func:`~altclip_onnx.bundle.verify_files`).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class Encoder:
         precision: str = AUTO,
         threads: int | None = None,
         max_length: int | None = None,
+        check_files: bool = True,
     ) -> None:
         import onnxruntime
 
@@ -123,6 +126,9 @@ class Encoder:
         self._sessions: dict[str, Any] = {}
         self._tokenizer: Any = None
         self._identity: ModelIdentity | None = None
+        if check_files:
+            chosen = [f for tower, p in self.precisions.items() for f in self.manifest.towers[tower][p].files]
+            verify_files(self.bundle, self.manifest, [*chosen, TOKENIZER])
 
     def __repr__(self) -> str:
         return (

@@ -102,6 +102,7 @@ class UpdateReport:
     db: str
     added: int
     changed: int
+    moved: int  # indexed under a path that is gone, found again under a new one (the old row is dropped)
     removed: int
     unchanged: int
     embedded: int
@@ -113,7 +114,7 @@ class UpdateReport:
     def summary(self) -> str:
         failed = f", {len(self.failures)} failed" if self.failures else ""
         rate = f", {self.embedded / self.seconds:.1f} images/s" if self.embedded and self.seconds > 0 else ""
-        return (f"{self.db}: {self.added} added, {self.changed} changed, {self.removed} removed, "
+        return (f"{self.db}: {self.added} added, {self.changed} changed, {self.moved} moved, {self.removed} removed, "
                 f"{self.unchanged} unchanged{failed} ({self.embedded} embedded, {self.reused} reused{rate}); "
                 f"{self.rows} images in the index; {self.seconds:.1f}s")
 
@@ -127,7 +128,9 @@ class _Plan:
     pending: dict[str, Entry] = field(default_factory=dict)  # path -> entry, waiting for its embedding
     ready: list[tuple[Entry, np.ndarray]] = field(default_factory=list)  # rows that need no model run
     failures: list[Failure] = field(default_factory=list)
+    gone: set[str] = field(default_factory=set)  # rows of moved files, under their old paths
     added: int = 0
+    moved: int = 0
     changed: int = 0
     unchanged: int = 0
     embedded: int = 0
@@ -210,16 +213,21 @@ class Index:
         encoder: Encoder,
         folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         *,
+        prune: bool = False,
         batch_size: int = 8,
         workers: int = 2,
         progress: bool = True,
     ) -> UpdateReport:
-        """Bring the index in line with the image files under ``folders`` (see the module docstring)."""
+        """Bring the index in line with the image files under ``folders`` (see the module docstring).
+
+        ``prune``: also drop every row whose file no longer exists, wherever it is (a library moved or
+        deleted outside ``folders``); folders that no longer exist are then allowed (their rows go).
+        """
         started = time.perf_counter()
-        roots = _folders(folders)
+        roots = _folders(folders, allow_missing=prune)
         self.check(encoder)
-        if self.model is None:
-            self.store.set_info({**ModelRecord.of(encoder).to_info(), "digest": DIGEST})
+        self.store.begin_writing()  # a busy or read-only index fails now, not after the embedding
+        self._record(encoder)
         known: dict[str, Entry] = {}
         for root in roots:
             known.update((e.path, e) for e in self.store.entries(under=os.path.join(root, "")))
@@ -234,19 +242,35 @@ class Index:
             self._commit(plan, [], np.empty((0, encoder.embedding_dim), dtype=np.float32))
             # Files gone from the folders, and files that can no longer be read (their rows are stale).
             failed = {failure.item for failure in plan.failures}
-            removed = self.store.delete(path for path in plan.known if path not in plan.seen or path in failed)
+            stale = {path for path in plan.known if path not in plan.seen or path in failed}
+            removed = self.store.delete(stale | plan.gone) - len(plan.gone)  # a moved file is not a removal
+            if prune:
+                removed += self.store.delete(e.path for e in self.store.entries() if not os.path.lexists(e.path))
         except KeyboardInterrupt as exc:
             raise Interrupted(f"interrupted; {len(self)} images are indexed in {self.name}: rerun the same command "
                               "to continue") from exc
         finally:
             self.store.flush()  # on Ctrl-C too: the approximate index keeps up with what was committed
         failures = tuple(plan.failures)
-        return UpdateReport(self.name, plan.added, plan.changed, removed, plan.unchanged, plan.embedded, plan.reused,
-                            failures, len(self), time.perf_counter() - started)
+        return UpdateReport(self.name, plan.added, plan.changed, plan.moved, removed, plan.unchanged, plan.embedded,
+                            plan.reused, failures, len(self), time.perf_counter() - started)
+
+    def _record(self, encoder: Encoder) -> None:
+        """Record the bundle on first use, and again when the same model is now elsewhere (a moved bundle):
+        ``search`` loads the recorded one, so it must stay findable. The recorded precision stays that of
+        the vectors already stored."""
+        model = self.model
+        current = ModelRecord.of(encoder)
+        if model is None:
+            self.store.set_info({**current.to_info(), "digest": DIGEST})
+        elif model.bundle != current.bundle:
+            log.info("%s: the bundle is now at %s (was %s)", self.name, current.bundle, model.bundle)
+            self.store.set_info(ModelRecord(model.identity, current.bundle, model.precision).to_info())
 
     def _todo(self, plan: _Plan, roots: list[str]) -> Iterator[str]:
         """The paths that need the model, in walk order; decides every other file on the way."""
-        for path in iter_image_files(roots, require_any=False):
+        present = [root for root in roots if os.path.isdir(root)]  # a vanished root (with prune) has no files
+        for path in iter_image_files(present, require_any=False):
             name = os.fsdecode(path)
             plan.seen.add(name)
             old = plan.known.get(name)
@@ -272,11 +296,16 @@ class Index:
                 plan.unchanged += 1
                 plan.ready.append((entry, self.store.get([name])[1][0]))
                 continue
-            vector = self.store.find_digest(digest)
-            if vector is not None:  # the same bytes are indexed under another path
+            paths, vectors = self.store.find_digest(digest)
+            if paths:  # the same bytes are indexed under another path: a copy, or a move if that path is gone
                 plan.reused += 1
-                plan.ready.append((entry, vector))
-                self._count(plan, old)
+                plan.ready.append((entry, vectors[0]))
+                gone = [p for p in paths if p not in plan.seen and p != name and not os.path.lexists(p)]
+                if gone and old is None:
+                    plan.gone.update(gone)
+                    plan.moved += 1
+                else:
+                    self._count(plan, old)
                 continue
             plan.pending[name] = entry
             yield name
@@ -343,15 +372,19 @@ class Index:
         return model
 
 
-def _folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+def _folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
+             allow_missing: bool = False) -> list[str]:
     if isinstance(folders, (str, os.PathLike)):
         folders = [folders]
     roots = [os.path.abspath(os.path.expanduser(os.fsdecode(f))) for f in folders]
-    if not roots:
+    if not roots and not allow_missing:
         raise InputError("no folder to index")
     for root in roots:
-        if not os.path.isdir(root):
-            raise InputError(f"{root}: {'not a folder' if os.path.exists(root) else 'no such folder'}")
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise InputError(f"{root}: not a folder")
+        if not os.path.exists(root) and not allow_missing:
+            raise InputError(f"{root}: no such folder; if it was moved or deleted, index its new place, or pass "
+                             "--prune to drop its rows")
     return roots
 
 

@@ -63,12 +63,17 @@ class VectorStore(Protocol):
         """Every row's metadata (only paths starting with ``under`` when given), by path."""
         ...
 
-    def find_digest(self, digest: str) -> np.ndarray | None:
-        """The vector of some row whose file had this content digest, if any."""
+    def find_digest(self, digest: str) -> tuple[list[str], np.ndarray]:
+        """The rows whose files had this content digest: their paths and vectors (none: empty)."""
         ...
 
     def scan(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every row as (paths, vectors) chunks, for exact search."""
+        ...
+
+    def begin_writing(self) -> None:
+        """Claim the store for writing (one writer at a time) before long work; raises BusyError when
+        another process writes it and OutputError when it cannot be written at all."""
         ...
 
     def flush(self) -> None: ...

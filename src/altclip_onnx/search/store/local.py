@@ -33,8 +33,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from ...errors import MissingDependencyError, StoreError
-from ...files import atomic_path, lock_file
+from ...errors import MissingDependencyError, OutputError, StoreError
+from ...files import atomic_path, ensure_writable_folder, lock_file
 from ...runtime.pipeline import batched
 from .base import Entry
 
@@ -107,7 +107,7 @@ class LocalStore:
                 raise StoreError(f"{self.folder}: exists and is not a folder; choose another --db")
             if self.folder.is_dir() and any(self.folder.iterdir()):
                 raise StoreError(f"{self.folder}: not empty and not an index; choose another --db")
-            self.folder.mkdir(parents=True, exist_ok=True)
+            ensure_writable_folder(self.folder, "index")
         try:
             self._db = sqlite3.connect(sqlite_path, isolation_level=None)
             self._db.execute("PRAGMA page_size=32768")  # new files only: ~10 vectors of 3 KB per page, not 1 per 4 KB
@@ -232,10 +232,10 @@ class LocalStore:
         for row in self._db.execute(query + " ORDER BY path", args).fetchall():
             yield Entry(*row)
 
-    def find_digest(self, digest: str) -> np.ndarray | None:
-        row = self._db.execute("SELECT vector FROM images JOIN vectors USING (id) WHERE digest = ? LIMIT 1",
-                               (digest,)).fetchone()
-        return None if row is None else np.frombuffer(row[0], dtype=np.float32).copy()
+    def find_digest(self, digest: str) -> tuple[list[str], np.ndarray]:
+        rows = self._db.execute("SELECT path, vector FROM images JOIN vectors USING (id) WHERE digest = ? ORDER BY id",
+                                (digest,)).fetchall()
+        return [row[0] for row in rows], self._matrix([row[1] for row in rows])
 
     def scan(self, chunk: int = 8192) -> Iterator[tuple[list[str], np.ndarray]]:
         cursor = self._db.execute("SELECT path, vector FROM images JOIN vectors USING (id) ORDER BY id")
@@ -359,7 +359,10 @@ class LocalStore:
             self._reconcile()
             ann = self._ann
         with atomic_path(self.folder / ANN_FILE) as tmp:
-            ann.save(str(tmp))
+            try:
+                ann.save(str(tmp))
+            except RuntimeError as exc:  # usearch reports write errors (a full disk) as RuntimeError
+                raise OutputError(f"{self.folder / ANN_FILE}: cannot be written ({exc})") from exc
         self._dirty = False
 
     def close(self) -> None:
@@ -379,6 +382,10 @@ class LocalStore:
 
     # --- helpers ------------------------------------------------------------------------------
 
+    def begin_writing(self) -> None:
+        """Take the writer's lock now (BusyError, or OutputError for a read-only index), before long work."""
+        self._writing()
+
     def _writing(self) -> None:
         """Take the writer's lock on first write: one writing process per index at a time."""
         if self._lock is None:
@@ -392,7 +399,7 @@ class LocalStore:
             raise StoreError(f"{self.folder}: holds {self.dim}-d vectors, not {dim}-d")
 
     def _transaction(self) -> Any:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.folder)
 
     def _matrix(self, blobs: Sequence[bytes]) -> np.ndarray:
         dim = self.dim or 0
@@ -402,13 +409,27 @@ class LocalStore:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (Ctrl-C too)."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (Ctrl-C too); SQLite's own errors (a full
+    disk, a read-only file) become one-line errors naming the index."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, folder: Path) -> None:
         self.db = db
+        self.folder = folder
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise OutputError(f"{self.folder}: cannot write the index ({exc})") from exc
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as exc:
+                self.db.execute("ROLLBACK")
+                raise OutputError(f"{self.folder}: cannot write the index ({exc})") from exc
+        self.db.execute("ROLLBACK")
+        if isinstance(value, sqlite3.Error):
+            raise OutputError(f"{self.folder}: cannot write the index ({value})") from value
