@@ -18,6 +18,11 @@ EXIT_PARTIAL = 4
 EXIT_INTERRUPTED = 130
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's whole message on one line (whitespace collapsed, never cut)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class AltclipOnnxError(Exception):
     """Root of all errors raised by altclip-onnx on purpose."""
 

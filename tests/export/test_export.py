@@ -235,6 +235,9 @@ def test_hub_unreachable_says_how_to_get_the_files(tmp_path: Path, monkeypatch) 
         sources.resolve_source("m9", cache_dir=tmp_path / "empty")
     message = str(info.value)
     assert "BAAI/AltCLIP-m9" in message and "hf download BAAI/AltCLIP-m9" in message and "\n" not in message
+    # The library's own reason comes whole (it used to be cut mid-word at 160 characters).
+    cause = info.value.__cause__
+    assert cause is not None and " ".join(str(cause).split()) in message
 
 
 # --- random init ----------------------------------------------------------------------------------

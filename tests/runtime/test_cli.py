@@ -105,3 +105,30 @@ def test_tables_align_wide_characters() -> None:
     assert display_width("猫a") == 3
     lines = table(["name", "n"], [["猫猫", "1"], ["dog", "10"]], right=(1,)).splitlines()
     assert lines == ["name   n", "猫猫   1", "dog   10"]
+
+
+def readme_table() -> dict[str, tuple[list[str], list[int]]]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- options-table")[1].split("<!-- /options-table -->")[0]
+    rows = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        options = [o.strip("`") for o in cells[2].split()]
+        rows[cells[0].strip("`")] = (options, [int(c) for c in cells[3].split()])
+    return rows
+
+
+def test_readme_option_table_matches_help() -> None:
+    """README's one table of every command's options and exit codes says what --help says."""
+    rows = readme_table()
+    assert set(rows) == set(COMMANDS)
+    for name, (documented, codes) in rows.items():
+        actual = ["/".join(o for o in sorted(p.opts, key=len) if o != "--help")
+                  for p in command(name).params if isinstance(p, click.Option)]
+        assert documented == actual, name
+        assert codes[0] == 0 and (2 in codes or name == "doctor"), name
+    for name in ("embed", "classify", "index", "evaluate"):  # these skip unreadable inputs and say so
+        assert 4 in rows[name][1], name
+    assert 3 in rows["export"][1] and 3 in rows["verify"][1]

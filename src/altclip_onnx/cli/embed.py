@@ -61,7 +61,7 @@ def embed(bundle: Path, paths: tuple[Path, ...], output: Path, from_file: str | 
     if not paths and from_file is None:
         raise click.UsageError("give at least one PATH or --from-file")
     encoder = load_encoder(bundle, provider, precision, threads)
-    files = iter_image_files(paths, from_file=line_source(from_file) if from_file else None)
+    files = list(iter_image_files(paths, from_file=line_source(from_file) if from_file else None))  # a total
     options = EmbedOptions(batch_size=batch_size, workers=workers, draft=draft, normalize=not no_normalize,
                            overwrite=overwrite)
     report = embed_images_to_file(encoder, files, output, options)
@@ -95,9 +95,10 @@ def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: st
     sources: list[Any] = [iter_lines(sys.stdin) if texts == ("-",) else iter(texts)]
     if from_file is not None:
         sources.append(iter_lines(line_source(from_file)))
+    all_texts = list(itertools.chain(*sources))  # a total for the progress line
     encoder = load_encoder(bundle, provider, precision, threads)
     options = EmbedOptions(batch_size=batch_size, normalize=not no_normalize, overwrite=overwrite)
-    report = embed_texts_to_file(encoder, itertools.chain(*sources), output, options)
+    report = embed_texts_to_file(encoder, all_texts, output, options)
     click.echo(summary(report, "texts"))
 
 
@@ -137,7 +138,7 @@ def classify(bundle: Path, images: tuple[Path, ...], label_lists: tuple[str, ...
     if not images and from_file is None:
         raise click.UsageError("give at least one IMAGE or --from-file")
     encoder = load_encoder(bundle, provider, precision, threads)
-    files = iter_image_files(images, from_file=line_source(from_file) if from_file else None)
+    files = list(iter_image_files(images, from_file=line_source(from_file) if from_file else None))  # a total
     if fewshot is not None:  # Tip-Adapter: the cache brings its classes, classifier, alpha and beta
         from ..fewshot import TipAdapter, classify_with_cache
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..bundle import ImageSpec, TextSpec
 from ..files import read_json_object
-from ..errors import SourceError
+from ..errors import SourceError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +213,13 @@ def download(repo_id: str, *, cache_dir: str | os.PathLike[str] | None = None) -
                 return folder
         except Exception as exc:  # huggingface_hub raises many types for "offline" and "not found"
             last_error = exc
-    reason = type(last_error).__name__ if last_error else "no weights in the repository"
-    short = re.sub(r"\s+", " ", str(last_error or ""))[:160]
+    # The whole message, on one line: a message cut at a fixed length loses the part that says why.
+    reason = f"{type(last_error).__name__}: {one_line(last_error)}" if last_error else "no weights in the repository"
     raise SourceError(
-        f"could not download {repo_id} from the Hugging Face Hub into {cache}/ ({reason}: {short}); "
+        f"could not download {repo_id} from the Hugging Face Hub into {cache}/ ({reason}); "
         f"on a machine with access run 'hf download {repo_id} --local-dir model/{repo_id.split('/')[-1]}' "
         "and pass that folder, or set HF_ENDPOINT to a mirror"
-    )
+    ) from last_error
 
 
 # --- Layouts ------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def load_weights(path: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise SourceError(f"{path}: missing weights file") from exc
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(f"{path}: cannot read weights ({first}); the file is corrupt or not a checkpoint") from exc
 
 

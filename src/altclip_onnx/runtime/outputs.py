@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -42,6 +42,7 @@ from ..errors import InputError, Interrupted, MissingDependencyError, OutputErro
 from ..files import atomic_path, ensure_writable_folder, lock_file, write_bytes
 from .encoder import Encoder
 from .pipeline import TEXT_BATCH_SIZE, Batch, Failure, embed_images, embed_texts
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,9 @@ def embed_images_to_file(
     """
     batch_size = options.batch_size or 8
     meta = _meta(encoder, "image", VISUAL, options)
-    return _run(encoder, files, output, "image", meta, options, lambda todo: embed_images(
+    return _run(encoder, files, output, "image", meta, options, lambda todo, progress: embed_images(
         encoder, todo, batch_size=batch_size, workers=options.workers, draft=options.draft,
-        normalize=options.normalize, progress=options.progress))  # fmt: skip
+        normalize=options.normalize, progress=progress))  # fmt: skip
 
 
 def embed_texts_to_file(
@@ -137,8 +138,8 @@ def embed_texts_to_file(
     """Embed ``texts`` into ``output`` (``OUT.npy`` + ``OUT.texts.jsonl`` or Parquet column ``text``)."""
     batch_size = options.batch_size or TEXT_BATCH_SIZE
     meta = _meta(encoder, "text", TEXTUAL, options)
-    return _run(encoder, texts, output, "text", meta, options, lambda todo: embed_texts(
-        encoder, todo, batch_size=batch_size, normalize=options.normalize, progress=options.progress))  # fmt: skip
+    return _run(encoder, texts, output, "text", meta, options, lambda todo, progress: embed_texts(
+        encoder, todo, batch_size=batch_size, normalize=options.normalize, progress=progress))  # fmt: skip
 
 
 def read_embeddings(output: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
@@ -183,7 +184,7 @@ def _run(
     kind: str,
     meta: dict[str, Any],
     options: EmbedOptions,
-    stream: Callable[[Iterable[Any]], Iterator[Batch]],
+    stream: Callable[[Iterable[Any], Progress], Iterator[Batch]],
 ) -> EmbedReport:
     started = time.perf_counter()
     outputs = output_files(output, kind)
@@ -205,8 +206,11 @@ def _run(
             log.info("%s: resuming, %d rows already done", checkpoint.folder, resumed)
         failures: list[Failure] = []
         todo = _todo(inputs, done, failures, outputs if kind == "image" else None)
+        total = len(inputs) - resumed if isinstance(inputs, Sized) else None  # a list: an ETA can be shown
+        progress = Progress(f"embedding {kind}s", f"{kind}s", total, enabled=options.progress)
         try:
-            seen = _embed_into(checkpoint, stream(todo), failures)
+            with progress:
+                seen = _embed_into(checkpoint, stream(todo, progress), failures)
         except KeyboardInterrupt as exc:
             kept = (f"finished rows are kept in {checkpoint.folder}: rerun the same command to resume"
                     if checkpoint.rows else "nothing was written")

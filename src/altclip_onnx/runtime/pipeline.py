@@ -22,8 +22,7 @@ import collections
 import dataclasses
 import logging
 import os
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,10 @@ from typing import IO, Any, TypeVar, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .encoder import Encoder, check_batch_size, check_labels
 from .images import load_image, preprocess
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -226,15 +226,17 @@ def embed_images(
     workers: int = 2,
     draft: bool = False,
     normalize: bool = True,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> Iterator[Batch]:
     """Stream :class:`Batch` es of image embeddings, in the order of ``files``.
 
     ``workers`` threads decode and preprocess (0: in the calling thread) while the model runs on
     the previous batch. ``draft`` lets JPEGs decode at a reduced scale (see
     :func:`~altclip_onnx.runtime.images.load_image`). ``normalize=False`` gives the raw
-    ``get_image_features``. ``progress`` shows a tqdm bar on stderr when it is a terminal.
-    Rows equal :meth:`Encoder.encode_images` on the same files.
+    ``get_image_features``. ``progress``: True shows progress on stderr (a bar on a terminal, with
+    a total when ``files`` has a length; plain lines in logs), or pass your own
+    :class:`~altclip_onnx.runtime.progress.Progress` to count into. Rows equal
+    :meth:`Encoder.encode_images` on the same files.
     """
     check_batch_size(batch_size)
     if workers < 0:
@@ -248,7 +250,7 @@ def embed_images(
             return Failure(name, _strip_name(str(exc), name))
         except Exception as exc:  # one odd file must not end a run over 100k files
             log.debug("%s: unexpected error", name, exc_info=True)
-            return Failure(name, f"cannot be processed ({type(exc).__name__}: {_one_line(exc)})")
+            return Failure(name, f"cannot be processed ({type(exc).__name__}: {one_line(exc)})")
 
     def run(items: list[str], pixels: list[np.ndarray], failures: list[Failure]) -> Batch:
         if items:
@@ -262,7 +264,7 @@ def embed_images(
     source = iter(files)
     pending: collections.deque[tuple[str, Future[Any] | _Done]] = collections.deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="altclip-decode") if workers else None
-    bar = _progress_bar(progress, "images")
+    bar = _progress(progress, "embedding images", "images", files)
 
     def fill() -> None:
         while len(pending) < window:
@@ -296,7 +298,8 @@ def embed_images(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+        if bar is not progress:
+            bar.close()
 
 
 def embed_texts(
@@ -305,7 +308,7 @@ def embed_texts(
     *,
     batch_size: int = TEXT_BATCH_SIZE,
     normalize: bool = True,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> Iterator[Batch]:
     """Stream :class:`Batch` es of text embeddings, in the order of ``texts``.
 
@@ -313,14 +316,15 @@ def embed_texts(
     texts of similar length (less padding); rows come back in the input order.
     """
     check_batch_size(batch_size)
-    bar = _progress_bar(progress, "texts")
+    bar = _progress(progress, "embedding texts", "texts", texts)
     try:
         for chunk in batched(texts, 8 * batch_size):
             embeddings = encoder.encode_texts(chunk, batch_size=batch_size, normalize=normalize)
             bar.update(len(chunk))
             yield Batch(chunk, np.asarray(embeddings, dtype=np.float32))
     finally:
-        bar.close()
+        if bar is not progress:
+            bar.close()
 
 
 def classify_images(
@@ -331,7 +335,7 @@ def classify_images(
     batch_size: int = 8,
     workers: int = 2,
     draft: bool = False,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> Iterator[Batch]:
     """:func:`embed_images` (normalized) with ``probabilities`` over the classifier's rows.
 
@@ -347,11 +351,12 @@ def classify_images(
         yield dataclasses.replace(batch, probabilities=probabilities)
 
 
-def _progress_bar(progress: bool, unit: str) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: shown only when stderr is a terminal, so logs and pipes stay clean.
-    return tqdm(unit=f" {unit}", file=sys.stderr, disable=None if progress else True, dynamic_ncols=True)
+def _progress(progress: bool | Progress, what: str, unit: str, items: Iterable[Any]) -> Progress:
+    """The caller's Progress, or a new one (with a total when ``items`` has a length)."""
+    if isinstance(progress, Progress):
+        return progress
+    total = len(items) if isinstance(items, Sized) else None
+    return Progress(what, unit, total, enabled=progress)
 
 
 def batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
@@ -370,7 +375,3 @@ def batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
 def _strip_name(message: str, name: str) -> str:
     prefix = f"{name}: "
     return message[len(prefix) :] if message.startswith(prefix) else message
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or "no detail"

@@ -182,4 +182,4 @@ def _describe_load_error(error: Exception) -> str:
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
     if "Protobuf parsing failed" in text:
         return "the file is not a valid ONNX model (corrupt or truncated?)"
-    return text[:300] or type(error).__name__
+    return text or type(error).__name__

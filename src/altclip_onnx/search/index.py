@@ -50,6 +50,7 @@ from ..files import hash_file
 from ..runtime.encoder import Encoder, l2_normalize
 from ..runtime.images import ImageInput
 from ..runtime.pipeline import Failure, embed_images, iter_image_files
+from ..runtime.progress import Progress
 from .store import Entry, VectorStore
 
 log = logging.getLogger(__name__)
@@ -233,13 +234,16 @@ class Index:
             known.update((e.path, e) for e in self.store.entries(under=os.path.join(root, "")))
         plan = _Plan(known)
         try:
-            todo = self._todo(plan, roots)
-            for batch in embed_images(encoder, todo, batch_size=batch_size, workers=workers, progress=progress):
-                entries = [plan.pending.pop(path) for path in batch.items]
-                plan.embedded += len(entries)
-                plan.failures.extend(batch.failures)
-                self._commit(plan, entries, batch.embeddings)
-            self._commit(plan, [], np.empty((0, encoder.embedding_dim), dtype=np.float32))
+            candidates = self._survey(plan, roots)  # stat only: fast, and it gives the progress a total
+            shown = Progress(f"indexing {self.name}", "images", len(candidates), enabled=progress)
+            with shown:
+                todo = self._todo(plan, candidates, shown)
+                for batch in embed_images(encoder, todo, batch_size=batch_size, workers=workers, progress=shown):
+                    entries = [plan.pending.pop(path) for path in batch.items]
+                    plan.embedded += len(entries)
+                    plan.failures.extend(batch.failures)
+                    self._commit(plan, entries, batch.embeddings)
+                self._commit(plan, [], np.empty((0, encoder.embedding_dim), dtype=np.float32))
             # Files gone from the folders, and files that can no longer be read (their rows are stale).
             failed = {failure.item for failure in plan.failures}
             stale = {path for path in plan.known if path not in plan.seen or path in failed}
@@ -267,13 +271,14 @@ class Index:
             log.info("%s: the bundle is now at %s (was %s)", self.name, current.bundle, model.bundle)
             self.store.set_info(ModelRecord(model.identity, current.bundle, model.precision).to_info())
 
-    def _todo(self, plan: _Plan, roots: list[str]) -> Iterator[str]:
-        """The paths that need the model, in walk order; decides every other file on the way."""
+    def _survey(self, plan: _Plan, roots: list[str]) -> list[tuple[str, os.stat_result]]:
+        """Walk the folders: unchanged files (same size and mtime as their row) are decided here; the
+        others, which need hashing and maybe the model, are returned with their stat."""
+        candidates = []
         present = [root for root in roots if os.path.isdir(root)]  # a vanished root (with prune) has no files
         for path in iter_image_files(present, require_any=False):
             name = os.fsdecode(path)
             plan.seen.add(name)
-            old = plan.known.get(name)
             try:
                 name.encode("utf-8")
                 stat = os.stat(name)
@@ -283,18 +288,28 @@ class Index:
             except OSError as exc:
                 plan.failures.append(Failure(name, f"cannot read it ({exc.strerror or exc})"))
                 continue
+            old = plan.known.get(name)
             if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
                 plan.unchanged += 1
-                continue
+            else:
+                candidates.append((name, stat))
+        return candidates
+
+    def _todo(self, plan: _Plan, candidates: list[tuple[str, os.stat_result]], progress: Progress) -> Iterator[str]:
+        """The paths that need the model, in walk order; decides every other candidate on the way."""
+        for name, stat in candidates:
+            old = plan.known.get(name)
             try:
                 digest = hash_file(name, DIGEST)
             except OSError as exc:
                 plan.failures.append(Failure(name, f"cannot read it ({exc.strerror or exc})"))
+                progress.update()
                 continue
             entry = Entry(name, stat.st_size, stat.st_mtime_ns, digest)
             if old is not None and old.digest == digest:  # touched, not changed: new metadata only
                 plan.unchanged += 1
                 plan.ready.append((entry, self.store.get([name])[1][0]))
+                progress.update()
                 continue
             paths, vectors = self.store.find_digest(digest)
             if paths:  # the same bytes are indexed under another path: a copy, or a move if that path is gone
@@ -306,6 +321,7 @@ class Index:
                     plan.moved += 1
                 else:
                     self._count(plan, old)
+                progress.update()
                 continue
             plan.pending[name] = entry
             yield name
