@@ -351,7 +351,9 @@ def test_search_cli_finds_the_bundle_in_the_index(tmp_path: Path, library: Path,
     result = run_cli("search", "--db", db, QUERY, "-k", "3", "--json")
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
-    assert len(hits) == 3 and all(set(h) == {"path", "score"} for h in hits)
+    assert len(hits) == 3 and all(set(h) == {"id", "path", "score"} for h in hits)
+    with Index.open(db) as index:  # the id names the row: a thumbnail URL can use it, never a path
+        assert all(index.path_of(h["id"]) == h["path"] for h in hits) and index.path_of(10**9) is None
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     with Index.open(db) as index:
         expected = index.search_text(encoder, QUERY, k=3)

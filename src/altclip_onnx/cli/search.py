@@ -59,7 +59,7 @@ def index_command(bundle: Path, folders: tuple[Path, ...], db: Path, prune: bool
 @click.option("--db", required=True, type=click.Path(path_type=Path), help="Index folder made by 'index'.")
 @click.option("--image", type=click.Path(path_type=Path), help="Find images similar to this one instead of a text.")
 @click.option("-k", "--top", "k", type=click.IntRange(1), default=10, show_default=True, help="Results to show.")
-@json_option('Print JSON: [{"path": ..., "score": ...}], best first.')
+@json_option('Print JSON: [{"id": ..., "path": ..., "score": ...}], best first.')
 @click.option("--bundle", type=click.Path(path_type=Path),
               help="Bundle for the query [default: the one recorded in the index].")
 @provider_option
@@ -81,8 +81,8 @@ def search_command(query: str | None, db: Path, image: Path | None, k: int, as_j
         encoder = index.encoder(bundle, provider=provider, precision=precision, threads=threads)
         hits = index.search_image(encoder, image, k) if image is not None else index.search_text(encoder, query, k)
     if as_json:
-        click.echo(json.dumps([{"path": h.path, "score": round(h.score, 6)} for h in hits], ensure_ascii=False,
-                              indent=2))
+        click.echo(json.dumps([{"id": h.id, "path": h.path, "score": round(h.score, 6)} for h in hits],
+                              ensure_ascii=False, indent=2))
     else:
         click.echo(format_hits(hits))
 

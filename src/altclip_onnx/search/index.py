@@ -63,10 +63,12 @@ _MODEL_KEYS = ("bundle", "variant", "source", "embedding_dim", "precision", "fin
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: an indexed path and its cosine similarity to the query (-1..1)."""
+    """One search result: an indexed path and its cosine similarity to the query (-1..1). ``id`` names the
+    row in the index (e.g. for a thumbnail URL; it changes when the file's content does)."""
 
     path: str
     score: float
+    id: int = field(default=-1, compare=False)
 
 
 @dataclass(frozen=True)
@@ -359,14 +361,20 @@ class Index:
             raise InputError(f"{self.name}: holds {model.identity.embedding_dim}-d vectors; "
                              f"the query is {query.shape[0]}-d")
         if exact:
+            ids: list[int] = []
             paths: list[str] = []
             scores: list[np.ndarray] = []
-            for chunk_paths, chunk in self.store.scan():
+            for chunk_ids, chunk_paths, chunk in self.store.scan():
+                ids += chunk_ids
                 paths += chunk_paths
                 scores.append(chunk @ query)
-            return _top(paths, np.concatenate(scores) if scores else np.empty(0, np.float32), k)
-        paths, vectors = self.store.search(query, max(CANDIDATES_PER_RESULT * k, MIN_CANDIDATES))
-        return _top(paths, vectors @ query, k)
+            return _top(ids, paths, np.concatenate(scores) if scores else np.empty(0, np.float32), k)
+        ids, paths, vectors = self.store.search(query, max(CANDIDATES_PER_RESULT * k, MIN_CANDIDATES))
+        return _top(ids, paths, vectors @ query, k)
+
+    def path_of(self, row_id: int) -> str | None:
+        """The indexed path of a row id from a :class:`Hit` (None when no such row exists any more)."""
+        return self.store.path_of(row_id)
 
     def search_text(self, encoder: Encoder, text: str, k: int = 10) -> list[Hit]:
         """Images matching a text in any of the model's languages."""
@@ -404,6 +412,6 @@ def _folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     return roots
 
 
-def _top(paths: Sequence[str], scores: np.ndarray, k: int) -> list[Hit]:
+def _top(ids: Sequence[int], paths: Sequence[str], scores: np.ndarray, k: int) -> list[Hit]:
     order = np.argsort(-scores, kind="stable")[:k]
-    return [Hit(paths[i], float(scores[i])) for i in order]
+    return [Hit(paths[i], float(scores[i]), int(ids[i])) for i in order]

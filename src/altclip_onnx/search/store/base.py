@@ -51,8 +51,12 @@ class VectorStore(Protocol):
         """Remove rows by path; returns how many existed."""
         ...
 
-    def search(self, vector: np.ndarray, count: int) -> tuple[list[str], np.ndarray]:
-        """Up to ``count`` approximate nearest rows to ``vector``: their paths and stored vectors."""
+    def search(self, vector: np.ndarray, count: int) -> tuple[list[int], list[str], np.ndarray]:
+        """Up to ``count`` approximate nearest rows to ``vector``: their ids, paths and stored vectors."""
+        ...
+
+    def path_of(self, row_id: int) -> str | None:
+        """The path of the row with this id (ids are stable while the row is unchanged), or None."""
         ...
 
     def get(self, paths: Sequence[str]) -> tuple[list[Entry], np.ndarray]:
@@ -67,8 +71,8 @@ class VectorStore(Protocol):
         """The rows whose files had this content digest: their paths and vectors (none: empty)."""
         ...
 
-    def scan(self) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Every row as (paths, vectors) chunks, for exact search."""
+    def scan(self) -> Iterator[tuple[list[int], list[str], np.ndarray]]:
+        """Every row as (ids, paths, vectors) chunks, for exact search."""
         ...
 
     def begin_writing(self) -> None:

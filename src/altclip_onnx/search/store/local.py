@@ -237,14 +237,18 @@ class LocalStore:
                                 (digest,)).fetchall()
         return [row[0] for row in rows], self._matrix([row[1] for row in rows])
 
-    def scan(self, chunk: int = 8192) -> Iterator[tuple[list[str], np.ndarray]]:
-        cursor = self._db.execute("SELECT path, vector FROM images JOIN vectors USING (id) ORDER BY id")
+    def scan(self, chunk: int = 8192) -> Iterator[tuple[list[int], list[str], np.ndarray]]:
+        cursor = self._db.execute("SELECT id, path, vector FROM images JOIN vectors USING (id) ORDER BY id")
         while rows := cursor.fetchmany(chunk):
-            yield [row[0] for row in rows], self._matrix([row[1] for row in rows])
+            yield [row[0] for row in rows], [row[1] for row in rows], self._matrix([row[2] for row in rows])
+
+    def path_of(self, row_id: int) -> str | None:
+        row = self._db.execute("SELECT path FROM images WHERE id = ?", (int(row_id),)).fetchone()
+        return None if row is None else str(row[0])
 
     # --- search -------------------------------------------------------------------------------
 
-    def search(self, vector: np.ndarray, count: int) -> tuple[list[str], np.ndarray]:
+    def search(self, vector: np.ndarray, count: int) -> tuple[list[int], list[str], np.ndarray]:
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
         ann = self._ann_for_read()
         ids: list[int] = []
@@ -257,15 +261,17 @@ class LocalStore:
                 scores = self._matrix([row[1] for row in tail]) @ query
                 best = np.argsort(-scores, kind="stable")[:count]
                 ids += [tail[i][0] for i in best]
+        found: list[int] = []
         paths: list[str] = []
         blobs: list[bytes] = []
         for chunk in batched(list(dict.fromkeys(ids)), _SQL_CHUNK):  # rows deleted since are simply not found
             marks = ",".join("?" * len(chunk))
-            for path, blob in self._db.execute(
-                    f"SELECT path, vector FROM images JOIN vectors USING (id) WHERE id IN ({marks})", chunk):
+            for row_id, path, blob in self._db.execute(
+                    f"SELECT id, path, vector FROM images JOIN vectors USING (id) WHERE id IN ({marks})", chunk):
+                found.append(row_id)
                 paths.append(path)
                 blobs.append(blob)
-        return paths, self._matrix(blobs)
+        return found, paths, self._matrix(blobs)
 
     # --- the graph ----------------------------------------------------------------------------
 
