@@ -431,3 +431,14 @@ def test_index_and_search_run_without_torch_each_in_a_fresh_process(tmp_path: Pa
     assert len(json.loads(found["stdout"])) == 6
     by_image = cli_process("search", "--db", db, "--image", library / "horse.png", "-k", "1", "--json")
     assert json.loads(by_image["stdout"])[0]["path"] == str(library / "horse.png")
+
+
+def test_a_database_uri_is_never_taken_for_a_folder(tmp_path: Path, library: Path, tiny_bundle: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--db postgresql://... used to create a local folder named 'postgresql:'; unknown schemes are refused."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("index", tiny_bundle, library, "--db", "mysql://me:secret@localhost/photos")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("error: mysql://me:***@localhost/photos: unknown database scheme 'mysql'; give a "
+                                     "folder for the embedded index or a postgresql:// or postgres:// URI")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]

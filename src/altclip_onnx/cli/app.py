@@ -13,7 +13,6 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -90,6 +89,11 @@ def step_printer() -> Callable[[str], None]:
 # --- options shared by several commands ------------------------------------------------------------
 
 
+def bundle_argument(func: F) -> F:
+    """BUNDLE: a bundle folder or hf://OWNER/REPO[@REVISION] (kept as text: a path would fold the //)."""
+    return click.argument("bundle", metavar="BUNDLE")(func)
+
+
 def provider_option(func: F) -> F:
     return click.option("--provider", envvar=PROVIDER_ENV, default=None, show_envvar=True,
                         help="cpu, cuda, tensorrt, coreml, openvino, directml or auto [default: auto].")(func)
@@ -140,7 +144,7 @@ def json_option(help: str) -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
-def load_encoder(bundle: Path, provider: str | None, precision: str, threads: int | None) -> Any:
+def load_encoder(bundle: str, provider: str | None, precision: str, threads: int | None) -> Any:
     from ..runtime.encoder import Encoder
 
     return Encoder(bundle, provider=provider, precision=precision, threads=threads)

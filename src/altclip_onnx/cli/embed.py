@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .app import (
+    bundle_argument,
     batch_options,
     encoder_options,
     exit_partial_if,
@@ -37,7 +38,7 @@ def summary(report: Any, what: str) -> str:
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @output_option("paths.txt")
 @click.option("--from-file", metavar="LIST", help="Images or folders, one per line ('-': standard input).")
@@ -47,7 +48,7 @@ def summary(report: Any, what: str) -> str:
 @click.option("--no-normalize", is_flag=True, help="Raw get_image_features instead of L2-normalized embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @friendly_errors
-def embed(bundle: Path, paths: tuple[Path, ...], output: Path, from_file: str | None, batch_size: int,
+def embed(bundle: str, paths: tuple[Path, ...], output: Path, from_file: str | None, batch_size: int,
           workers: int, provider: str | None, precision: str, threads: int | None, draft: bool,
           no_normalize: bool, overwrite: bool) -> None:
     """Embed images (files, folders walked recursively, or a list) into OUT.
@@ -71,7 +72,7 @@ def embed(bundle: Path, paths: tuple[Path, ...], output: Path, from_file: str | 
 
 
 @main.command("embed-text")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument
 @click.argument("texts", nargs=-1)
 @output_option("texts.jsonl")
 @click.option("--from-file", metavar="LIST", help="Texts, one per line ('-': standard input).")
@@ -80,7 +81,7 @@ def embed(bundle: Path, paths: tuple[Path, ...], output: Path, from_file: str | 
 @click.option("--no-normalize", is_flag=True, help="Raw get_text_features instead of L2-normalized embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @friendly_errors
-def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: str | None, batch_size: int,
+def embed_text(bundle: str, texts: tuple[str, ...], output: Path, from_file: str | None, batch_size: int,
                provider: str | None, precision: str, threads: int | None, no_normalize: bool,
                overwrite: bool) -> None:
     """Embed TEXTs (or a file of texts, one per line; a lone '-' reads standard input) into OUT.
@@ -103,7 +104,7 @@ def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: st
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--labels", "label_lists", multiple=True, metavar="A,B,C", help="Comma-separated labels (repeatable).")
 @click.option("--label", "single_labels", multiple=True, metavar="LABEL",
@@ -120,7 +121,7 @@ def embed_text(bundle: Path, texts: tuple[str, ...], output: Path, from_file: st
 @encoder_options
 @click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale (faster for big photos).")
 @friendly_errors
-def classify(bundle: Path, images: tuple[Path, ...], label_lists: tuple[str, ...], single_labels: tuple[str, ...],
+def classify(bundle: str, images: tuple[Path, ...], label_lists: tuple[str, ...], single_labels: tuple[str, ...],
              templates: tuple[str, ...], fewshot: Path | None, top: int, as_json: bool, from_file: str | None,
              batch_size: int, workers: int, provider: str | None, precision: str, threads: int | None,
              draft: bool) -> None:

@@ -9,6 +9,7 @@ import click
 
 from ..errors import InputError
 from .app import (
+    bundle_argument,
     batch_options,
     encoder_options,
     exit_partial_if,
@@ -35,7 +36,7 @@ def fewshot() -> None:
 
 
 @fewshot.command("build")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Cache file to write (.npz).")
 @click.option("--shots", type=click.IntRange(1), help="Cache at most N images per class [default: all not held out].")
@@ -54,7 +55,7 @@ def fewshot() -> None:
 @encoder_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache file.")
 @friendly_errors
-def fewshot_build(bundle: Path, data_dir: Path, output: Path, shots: int | None, val_per_class: int | None,
+def fewshot_build(bundle: str, data_dir: Path, output: Path, shots: int | None, val_per_class: int | None,
                   val_fraction: float, templates: tuple[str, ...], alphas: str, betas: str, seed: int,
                   batch_size: int, workers: int, provider: str | None, precision: str, threads: int | None,
                   overwrite: bool) -> None:
@@ -89,7 +90,7 @@ def fewshot_build(bundle: Path, data_dir: Path, output: Path, shots: int | None,
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument
 @click.argument("test_dir", type=click.Path(path_type=Path))
 @click.option("--fewshot", "cache", type=click.Path(path_type=Path), metavar="CACHE",
               help="Also score this Tip-Adapter cache (its zero-shot part is compared with it).")
@@ -102,7 +103,7 @@ def fewshot_build(bundle: Path, data_dir: Path, output: Path, shots: int | None,
 @batch_options(8)
 @encoder_options
 @friendly_errors
-def evaluate(bundle: Path, test_dir: Path, cache: Path | None, label_lists: tuple[str, ...],
+def evaluate(bundle: str, test_dir: Path, cache: Path | None, label_lists: tuple[str, ...],
              single_labels: tuple[str, ...], templates: tuple[str, ...], as_json: bool, batch_size: int,
              workers: int, provider: str | None, precision: str, threads: int | None) -> None:
     """Accuracy on TEST_DIR (one sub-folder of images per class): zero-shot and Tip-Adapter side by side.

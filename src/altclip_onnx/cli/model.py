@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .app import (
+    bundle_argument,
     friendly_errors,
     json_option,
     main,
@@ -59,32 +60,35 @@ def export(source: str | None, output: Path | None, random_init: bool, seed: int
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument
 @click.option("--model", "model_source", help="Reference model (default: the source recorded in the manifest).")
 @click.option("--integrity", is_flag=True, help="Only check every file against the manifest's sha256 (no torch).")
 @precisions_option(None, "Precisions to check [default: all in the bundle].")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Hub download cache [default: ./model].")
 @friendly_errors
-def verify(bundle: Path, model_source: str | None, integrity: bool, precisions: tuple[str, ...],
+def verify(bundle: str, model_source: str | None, integrity: bool, precisions: tuple[str, ...],
            cache_dir: Path | None) -> None:
     """Compare a bundle with the PyTorch reference (or, with --integrity, with its checksums)."""
+    from ..hub import locate_bundle
+
+    folder = locate_bundle(bundle)
     if integrity:
         from ..bundle import require_integrity
 
-        manifest = require_integrity(bundle)
+        manifest = require_integrity(folder)
         click.echo(f"{bundle}: all {len(manifest.files)} files match the manifest")
         return
     require_export_extra("verify against PyTorch")
     from ..export.verify import verify_bundle
 
-    report = verify_bundle(bundle, model_source=model_source, precisions=list(precisions) or None,
+    report = verify_bundle(folder, model_source=model_source, precisions=list(precisions) or None,
                            cache_dir=str(cache_dir) if cache_dir else None, progress=step_printer())
     click.echo(report.format_table())
-    click.echo(f"report written to {bundle / 'verify.json'}")
+    click.echo(f"report written to {folder / 'verify.json'}")
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument
 @precisions_option(None, "Variants to time [default: all in the bundle].")
 @threads_option
 @provider_option
@@ -94,7 +98,7 @@ def verify(bundle: Path, model_source: str | None, integrity: bool, precisions: 
 @json_option("Print the results as JSON instead of Markdown tables.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Also write the results as JSON to this file.")
 @friendly_errors
-def bench(bundle: Path, precisions: tuple[str, ...], threads: int | None, provider: str | None, tokens: int,
+def bench(bundle: str, precisions: tuple[str, ...], threads: int | None, provider: str | None, tokens: int,
           batch_sizes: str, repeats: int, as_json: bool, output: Path | None) -> None:
     """Time the bundle's own variants side by side: latency, throughput, peak memory, size."""
     from ..runtime import bench as runner

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .app import (
+    bundle_argument,
     AUTO_OR_PRECISIONS,
     batch_options,
     encoder_options,
@@ -25,15 +26,16 @@ from .app import (
 
 
 @main.command("index")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument
 @click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--db", required=True, type=click.Path(path_type=Path), help="Index folder (created if missing).")
+@click.option("--db", required=True, metavar="DB",
+              help="Index: a folder (created if missing) or a postgresql:// URI.")
 @click.option("--prune", is_flag=True,
               help="Also drop every row whose file is gone, wherever it was (a library moved or deleted elsewhere).")
 @batch_options(8)
 @encoder_options
 @friendly_errors
-def index_command(bundle: Path, folders: tuple[Path, ...], db: Path, prune: bool, batch_size: int, workers: int,
+def index_command(bundle: str, folders: tuple[Path, ...], db: str, prune: bool, batch_size: int, workers: int,
                   provider: str | None, precision: str, threads: int | None) -> None:
     """Index the images under FOLDERS (recursively) into DB for 'altclip-onnx search'.
 
@@ -56,18 +58,18 @@ def index_command(bundle: Path, folders: tuple[Path, ...], db: Path, prune: bool
 
 @main.command("search")
 @click.argument("query", required=False)
-@click.option("--db", required=True, type=click.Path(path_type=Path), help="Index folder made by 'index'.")
+@click.option("--db", required=True, metavar="DB", help="Index made by 'index': a folder or a postgresql:// URI.")
 @click.option("--image", type=click.Path(path_type=Path), help="Find images similar to this one instead of a text.")
 @click.option("-k", "--top", "k", type=click.IntRange(1), default=10, show_default=True, help="Results to show.")
 @json_option('Print JSON: [{"id": ..., "path": ..., "score": ...}], best first.')
-@click.option("--bundle", type=click.Path(path_type=Path),
-              help="Bundle for the query [default: the one recorded in the index].")
+@click.option("--bundle", metavar="BUNDLE",
+              help="Bundle for the query, a folder or hf://OWNER/REPO [default: the one recorded in the index].")
 @provider_option
 @click.option("--precision", type=click.Choice(AUTO_OR_PRECISIONS), default=None,
               help="[default: the precision the index was made with, if the bundle has it]")
 @threads_option
 @friendly_errors
-def search_command(query: str | None, db: Path, image: Path | None, k: int, as_json: bool, bundle: Path | None,
+def search_command(query: str | None, db: str, image: Path | None, k: int, as_json: bool, bundle: str | None,
                    provider: str | None, precision: str | None, threads: int | None) -> None:
     """Search the images indexed in DB by a text QUERY (any language) or by --image.
 

@@ -285,7 +285,9 @@ def bench_bundle(bundle: str | os.PathLike[str], settings: BenchSettings = Bench
                  output: Path | None = None, progress: Callable[[str], None] = lambda message: None) -> BenchResult:
     """Time a bundle's variants (``altclip-onnx bench``); with ``output``, also write the JSON there
     (its folder is checked for writability first, not after minutes of timing)."""
-    bundle = Path(bundle)
+    from ..hub import locate_bundle
+
+    bundle = locate_bundle(bundle)
     if output is not None:
         ensure_writable_folder(output.absolute().parent)
     manifest = read_manifest(bundle)

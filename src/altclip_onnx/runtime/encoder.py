@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,7 +91,8 @@ def fill_templates(labels: Sequence[str], templates: Sequence[str]) -> list[str]
 class Encoder:
     """Embed images and texts with an altclip-onnx bundle.
 
-    ``provider``: None or "auto" (best available), a short name (cpu, cuda, tensorrt, coreml, openvino,
+    ``bundle``: a bundle folder, or ``hf://OWNER/REPO[@REVISION]`` (downloaded into huggingface_hub's cache,
+    the ``[hub]`` extra). ``provider``: None or "auto" (best available), a short name (cpu, cuda, tensorrt, coreml, openvino,
     directml) or a full onnxruntime provider name. ``precision``: "auto" (int8 on CPU and fp16 on
     CUDA/TensorRT when the bundle has them), "fp32" (the reference), "int8" or "fp16".
     ``threads``: onnxruntime intra-op threads (None: its default, one per physical core).
@@ -112,7 +112,9 @@ class Encoder:
     ) -> None:
         import onnxruntime
 
-        self.bundle = Path(bundle)
+        from ..hub import locate_bundle
+
+        self.bundle = locate_bundle(bundle)  # a folder, or hf://OWNER/REPO fetched into the Hub cache
         self.manifest = read_manifest(self.bundle)
         self.provider = provider
         self.providers = choose_providers(onnxruntime.get_available_providers(), provider)

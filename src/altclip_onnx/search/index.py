@@ -154,10 +154,11 @@ class Index:
 
     @classmethod
     def open(cls, db: str | os.PathLike[str], *, create: bool = False) -> Index:
-        """The index in folder ``db``; ``create=True`` makes an empty one if there is none."""
-        from .store.local import LocalStore
+        """The index at ``db`` (a folder, or a database URI: see :func:`~altclip_onnx.search.store.open_store`);
+        ``create=True`` makes an empty one if there is none."""
+        from .store import describe_db, open_store
 
-        return cls(LocalStore(db, create=create), name=os.fsdecode(db))
+        return cls(open_store(db, create=create), name=describe_db(db))
 
     def __len__(self) -> int:
         return len(self.store)
