@@ -44,7 +44,8 @@ def main() -> None:
     import torch
 
     from altclip_onnx.bundle import TOWER_INPUTS, VISUAL
-    from altclip_onnx.export import optimize, towers
+    from altclip_onnx.export import graphs, towers
+    from altclip_onnx.export.quantize import Int8Recipe, quantize_int8
     from altclip_onnx.export.sources import load_model, resolve_source
     from altclip_onnx.export.variants import make_variants
     from altclip_onnx.runtime import bench
@@ -83,27 +84,26 @@ def main() -> None:
         say(f"exporting the plain {tower} graph")
         plain = towers.export_tower(model, tower, work / tower / "plain" / "model.onnx")[0]
         say(f"plain dynamic int8 of the {tower} tower")
-        plain_int8 = optimize.quantize_int8(plain, work / tower / "plain" / "model.int8.onnx",
-                                            optimize.Int8Recipe(op_types=("MatMul",)))[0]
+        plain_int8 = quantize_int8(plain, work / tower / "plain" / "model.int8.onnx", Int8Recipe(op_types=("MatMul",)))[0]
         # Exactly what the export writes (export.variants.RECIPES), from the same plain graph.
         ours = make_variants([plain, *plain.parent.glob("model.onnx.data")], tower,
                              ("fp32", "int8", *(("fp16",) if gpu else ())), work / tower / "ours",
                              work / tower / "ours-work", **shape, progress=say)
-        graphs = {"plain export fp32": plain, "plain dynamic int8": plain_int8, "ours fp32": ours["fp32"][0],
+        variants = {"plain export fp32": plain, "plain dynamic int8": plain_int8, "ours fp32": ours["fp32"][0],
                   "ours int8": ours["int8"][0]}
         if args.explore:
-            graphs["dynamic int8 of the fully fused graph"] = optimize.quantize_int8(
+            variants["dynamic int8 of the fully fused graph"] = quantize_int8(
                 ours["fp32"][0], work / tower / "fused" / "model.int8.onnx")[0]
         if gpu:
-            graphs["ours fp16"] = ours["fp16"][0]
-        for name, path in graphs.items():
+            variants["ours fp16"] = ours["fp16"][0]
+        for name, path in variants.items():
             # No spinning: the sessions take turns in this process and must not steal each other's cores.
             session = make_session(path, provider="cuda" if name.endswith("fp16") else "cpu", threads=args.threads,
                                    spinning=False)
             candidates.append(bench.Candidate(
                 name, tower,
                 lambda inputs, s=session, n=TOWER_INPUTS[tower]: s.run(None, {k: inputs[k] for k in n}),
-                size_bytes=optimize.graph_weight_bytes(path),
+                size_bytes=graphs.graph_weight_bytes(path),
                 rss_command=bench.rss_command(path, tower, args.threads),
             ))
 

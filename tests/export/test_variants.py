@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from altclip_onnx.bundle import TEXTUAL, VISUAL, read_manifest
-from altclip_onnx.export import optimize
+from altclip_onnx.export import graphs
 from altclip_onnx.export.verify import Case, compare, zero_shot_agreement
 
 # The gates as documented in README (written out here, not imported from the code they check):
@@ -127,5 +127,5 @@ def test_zero_shot_agreement_counts_only_confident_cases() -> None:
 
 
 def test_count_ops_sees_fusions(tiny_bundle: Path) -> None:
-    counts = optimize.count_ops(tiny_bundle / "textual" / "model.onnx")
+    counts = graphs.count_ops(tiny_bundle / "textual" / "model.onnx")
     assert counts["Attention"] == 2 and counts["BiasGelu"] == 2

@@ -103,12 +103,12 @@ def write_graphs(loaded: LoadedModel, stage: Path, precisions: tuple[str, ...], 
     """Export both towers into ``stage`` with every requested precision; checksum; write the manifest.
 
     Memory: the PyTorch model is released once both raw graphs exist, and every graph transformation
-    runs in a fresh process (``optimize.isolated``), because onnx and onnxruntime's tools hold several
+    runs in a fresh process (``graphs.isolated``), because onnx and onnxruntime's tools hold several
     copies of a 2.2 GB text tower at their peak and Python does not return that memory to the system.
     """
     import tempfile
 
-    from . import optimize
+    from .graphs import count_ops
 
     stage = stage.resolve()  # the graph steps resolve their paths; relative_to below needs both absolute
     shapes = {
@@ -131,7 +131,7 @@ def write_graphs(loaded: LoadedModel, stage: Path, precisions: tuple[str, ...], 
             variants[tower] = {}
             for precision, files in written.items():
                 rel = [f.resolve().relative_to(stage).as_posix() for f in files]
-                variants[tower][precision] = Variant(precision, rel[0], tuple(rel), fused_ops=optimize.count_ops(files[0]))
+                variants[tower][precision] = Variant(precision, rel[0], tuple(rel), fused_ops=count_ops(files[0]))
     progress("checksumming")
     files = {rel: file_entry(stage, rel) for rel in bundle_files(variants)}
     manifest = make_manifest(loaded, options, towers=variants, files=files)

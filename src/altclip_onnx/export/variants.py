@@ -22,8 +22,10 @@ from typing import Union
 
 from ..bundle import TEXTUAL, VISUAL
 from ..precisions import FP16, FP32, INT8, Precision
-from . import optimize as steps
-from .optimize import FusionRecipe, convert_fp16, quantize_int8
+from . import graphs
+from .fp16 import convert_fp16
+from .optimize import FusionRecipe, optimize_graph
+from .quantize import quantize_int8
 
 RAW = "raw"  # start from the raw export
 FP32_GRAPH = "fp32"  # start from the bundle's fp32 graph
@@ -69,7 +71,7 @@ def make_variants(
 ) -> dict[str, list[Path]]:
     """Make ``precisions`` (fp32 first) of one tower from its raw export ``raw`` (graph, weights) into
     ``destination`` (``<precision's file name>``), intermediate graphs in ``work``. Returns the files
-    written per precision, graph first. Every step runs in a fresh process (``optimize.isolated``).
+    written per precision, graph first. Every step runs in a fresh process (``graphs.isolated``).
 
     The raw export may be moved into ``destination`` (fp32 without ``optimize``); ``raw`` is not used after.
     """
@@ -84,7 +86,7 @@ def make_variants(
             return written["fp32"]
         if start not in fused:
             progress(f"optimizing the {tower} tower")
-            fused[start] = steps.isolated(steps.optimize_graph, raw[0],
+            fused[start] = graphs.isolated(optimize_graph, raw[0],
                                           target or work / f"fused-{len(fused)}" / "model.onnx", tower,
                                           num_heads=num_heads, hidden_size=hidden_size, recipe=start)
         return fused[start]
@@ -96,7 +98,7 @@ def make_variants(
         if recipe.step is not None:
             source = graph(start)[0]
             progress(recipe.doing.format(tower=tower))
-            written[name] = steps.isolated(recipe.step, source, target)
+            written[name] = graphs.isolated(recipe.step, source, target)
         elif start == RAW:  # the raw export is already named model.onnx (+ .data): move it as it is
             target.parent.mkdir(parents=True, exist_ok=True)
             raw = written[name] = [Path(shutil.move(str(f), target.parent / f.name)) for f in raw]

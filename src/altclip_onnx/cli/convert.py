@@ -1,0 +1,3 @@
+"""Commands of the convert package (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Commands of the serve package (being written)."""
+
+from __future__ import annotations
