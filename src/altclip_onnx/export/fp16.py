@@ -17,8 +17,12 @@ log = logging.getLogger(__name__)
 class Fp16Recipe:
     """float16 weights and compute, float32 inputs and outputs (``keep_io_types``)."""
 
-    # Kept in float32: the final L2 normalisation (a sum of squares overflows float16 easily).
-    op_block_list: tuple[str, ...] = ("ReduceL2", "ReduceSumSquare", "Pow", "Sqrt", "Div", "Clip", "Max")
+    # Kept in float32: the final L2 normalisation (a sum of squares overflows float16 easily), and the fused
+    # QuickGelu (com.microsoft): OpenVINO's ONNX frontend (2026.4) decomposes it with a float32 alpha constant
+    # and refuses a float16 input ("element::Type::merge" in its Multiply), so a float16 QuickGelu made the
+    # whole image tower unloadable there. In float32 it costs two Casts per layer and loads everywhere.
+    op_block_list: tuple[str, ...] = ("ReduceL2", "ReduceSumSquare", "Pow", "Sqrt", "Div", "Clip", "Max",
+                                      "QuickGelu")
 
 
 def convert_fp16(source: Path, destination: Path, recipe: Fp16Recipe = Fp16Recipe()) -> list[Path]:
