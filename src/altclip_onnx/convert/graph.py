@@ -134,6 +134,7 @@ def apply_edits(model: Any, edits: GraphEdits, where: str) -> None:
         inputs[old].name = new
         _rename_uses(graph, old, new)
     inputs = {v.name: v for v in graph.input}
+    casts = 0
     for name in edits.int32_inputs:
         value = inputs.get(name)
         if value is None:
@@ -146,7 +147,8 @@ def apply_edits(model: Any, edits: GraphEdits, where: str) -> None:
         inner = name + CAST_SUFFIX
         cast = onnx.helper.make_node("Cast", [name], [inner], to=onnx.TensorProto.INT64, name=f"{name}_int32_to_int64")
         _rename_uses(graph, name, inner)
-        graph.node.insert(0, cast)
+        graph.node.insert(casts, cast)  # first, in the order of the inputs
+        casts += 1
         tensor_type.elem_type = onnx.TensorProto.INT32
     if edits.outputs:
         outputs = {v.name: v for v in graph.output}
