@@ -107,7 +107,7 @@ def download_bundle(ref: HubReference, *, precisions: Sequence[str] | None = Non
     except Exception as exc:  # huggingface_hub raises many types for "offline" and "not found"
         raise _hub_failure(ref, exc, MANIFEST) from exc
     folder = manifest_path.parent
-    manifest = read_manifest(folder)
+    manifest = _read_manifest(ref, folder)
     wanted = bundle_files(manifest, precisions)
     try:
         snapshot = Path(hub.snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache_dir,
@@ -115,14 +115,26 @@ def download_bundle(ref: HubReference, *, precisions: Sequence[str] | None = Non
     except Exception as exc:
         raise _hub_failure(ref, exc, f"the bundle's {len(wanted)} files") from exc
     if snapshot.resolve() != folder.resolve():  # the revision moved between the two calls
-        manifest = read_manifest(snapshot)
+        manifest = _read_manifest(ref, snapshot)
         wanted = bundle_files(manifest, precisions)
+    missing = [name for name in wanted if not (snapshot / name).is_file()]
+    if missing:  # offline, huggingface_hub returns what the cache has
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise BundleError(f"{ref}: {missing[0]}{more} not in the Hub cache and could not be downloaded; "
+                          f"{_download_hint(ref)}")
     try:
         verify_files(snapshot, manifest, wanted)
     except BundleError as exc:
         raise type(exc)(f"{ref}: {exc}; the copy in the Hub cache ({snapshot}) is incomplete or damaged: "
                         "delete it ('hf cache delete') and load again") from exc
     return snapshot
+
+
+def _read_manifest(ref: HubReference, folder: Path) -> Manifest:
+    try:
+        return read_manifest(folder)
+    except BundleError as exc:
+        raise BundleError(f"{ref}: not a usable altclip-onnx bundle: {exc}") from exc
 
 
 def bundle_files(manifest: Manifest, precisions: Sequence[str] | None = None) -> list[str]:
@@ -190,8 +202,9 @@ def push_bundle(plan: PushPlan, *, commit_message: str | None = None, token: str
                 api: Any = None, progress: Callable[[str], None] = lambda step: None) -> str:
     """Upload ``plan`` in one commit (creating the repository if needed); returns the commit URL.
 
-    Files of an earlier push under ``visual/`` and ``textual/`` that this bundle no longer has are
-    deleted in the same commit, so the repository holds exactly one bundle.
+    Files of an earlier push that this bundle does not have (under ``visual/`` and ``textual/``, and an old
+    ``verify.json``) are deleted in the same commit, so the repository holds exactly one bundle; other files
+    (``.gitattributes``, anything added by hand) are left alone.
     """
     hub = _require_hub("altclip-onnx push")
     api = api if api is not None else hub.HfApi(token=token)
@@ -201,7 +214,8 @@ def push_bundle(plan: PushPlan, *, commit_message: str | None = None, token: str
         operations = plan.operations()
         uploaded = {name for name, _ in plan.files} | {MODEL_CARD}
         existing = api.list_repo_files(plan.repo_id, revision=plan.branch, repo_type="model")
-        stale = [name for name in existing if name.split("/")[0] in ("visual", "textual") and name not in uploaded]
+        stale = [name for name in existing if name not in uploaded
+                 and (name.split("/")[0] in ("visual", "textual") or name == VERIFY_REPORT)]
         operations += [hub.CommitOperationDelete(path_in_repo=name) for name in stale]
         progress(f"uploading {len(plan.files) + 1} files ({plan.total_bytes / 1e6:.1f} MB) to {plan.repo_id}"
                  + (f", deleting {len(stale)} stale" if stale else ""))
