@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 from altclip_onnx.bundle import MANIFEST, Manifest, Variant, file_entry, read_manifest
 
 TRANSFORMERS_JS_VERSION = "4.3.2"
-CLIENT_SCRIPT = Path(__file__).with_name("transformers_js_client.mjs")
+CLIENT_SCRIPTS = (Path(__file__).with_name("transformers_js_client.mjs"), Path(__file__).with_name("onnxruntime_client.mjs"))
 REQUIRE_ENV = "ALTCLIP_REQUIRE_CLIENTS"
 NODE_DIR_ENV = "ALTCLIP_NODE_DIR"
 
@@ -91,9 +92,19 @@ def external_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
     return folder
 
 
+@dataclass(frozen=True)
+class NodeClients:
+    node: str
+    folder: Path  # holds node_modules and the client scripts
+
+    def run(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.node, str(self.folder / script), *args], capture_output=True, text=True,
+                              timeout=300)
+
+
 @pytest.fixture(scope="session")
-def transformers_js() -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Run tests/convert/transformers_js_client.mjs with a request; returns its JSON answer."""
+def node_clients() -> NodeClients:
+    """transformers.js (and the onnxruntime-node / onnxruntime-web it depends on) installed for Node."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
         missing_client("node and npm are needed to run transformers.js (apt-get install nodejs npm)")
@@ -112,14 +123,39 @@ def transformers_js() -> Callable[[dict[str, Any]], dict[str, Any]]:
         if done.returncode != 0:
             missing_client(f"npm install @huggingface/transformers@{TRANSFORMERS_JS_VERSION} failed in {folder}: "
                            f"{done.stderr.strip()[-500:]}")
-    script = folder / CLIENT_SCRIPT.name  # beside node_modules, so its imports resolve
-    shutil.copyfile(CLIENT_SCRIPT, script)
+    for script in CLIENT_SCRIPTS:  # beside node_modules, so their imports resolve
+        shutil.copyfile(script, folder / script.name)
+    return NodeClients(node, folder)
+
+
+def _request_file(folder: Path, request: dict[str, Any]) -> Path:
+    path = folder / f"request-{os.getpid()}.json"
+    path.write_text(json.dumps(request), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def transformers_js(node_clients: NodeClients) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Run tests/convert/transformers_js_client.mjs with a request; returns its JSON answer."""
 
     def run(request: dict[str, Any]) -> dict[str, Any]:
-        path = folder / f"request-{os.getpid()}.json"
-        path.write_text(json.dumps(request), encoding="utf-8")
-        done = subprocess.run([node, str(script), str(path)], capture_output=True, text=True, timeout=300)
+        done = node_clients.run("transformers_js_client.mjs", str(_request_file(node_clients.folder, request)))
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def onnxruntime_js(node_clients: NodeClients) -> Callable[[str, Path, dict[str, Any]], dict[str, Any]]:
+    """Run one graph in onnxruntime-node ("node") or onnxruntime-web's WebAssembly backend ("web")."""
+
+    def run(backend: str, model: Path, feed: dict[str, Any]) -> dict[str, Any]:
+        inputs = {name: {"type": str(array.dtype), "dims": list(array.shape), "data": array.ravel().tolist()}
+                  for name, array in feed.items()}
+        done = node_clients.run("onnxruntime_client.mjs", backend, str(model),
+                                str(_request_file(node_clients.folder, inputs)))
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     return run
