@@ -98,3 +98,14 @@ def test_a_failed_check_leaves_nothing(tiny_bundle: Path, tmp_path: Path, monkey
     with pytest.raises(ExportError, match=r"textual/model.onnx: min cosine 0.5000000 .* nothing was written"):
         convert_bundle(tiny_bundle, tmp_path / "out", "immich")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_onnx_says_which_extra(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    result = run("convert", tiny_bundle, "--to", "immich", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert error_line(result) == ("error: altclip-onnx convert needs the [convert] extra (onnx missing): "
+                                  "pip install 'altclip-onnx[convert]'")
