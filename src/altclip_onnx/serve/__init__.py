@@ -1,0 +1,26 @@
+"""``altclip-onnx serve``: embeddings, zero-shot classification and photo search over HTTP, and a page.
+
+::
+
+    from altclip_onnx.serve import ServeOptions, Service, create_app
+
+    service = Service.open("onnx/AltCLIP-m18", db="photos.idx", options=ServeOptions(max_batch=32))
+    app = create_app(service)          # an ASGI app: uvicorn.run(app), or any ASGI server
+
+Needs the ``[serve]`` extra (Starlette, uvicorn, prometheus-client, python-multipart). Like the rest of
+the runtime, it never imports torch, transformers or onnx.
+
+Modules: service (the model and index loaded, checked at start-up), engine (batched embeddings and
+classifiers), batcher (dynamic batching, model-agnostic), media (images from requests, checked before
+decoding), search (the index in its own thread, thumbnails), app (endpoints), middleware (metrics, the API
+key, the body limit), metrics, page (the page and its files), errors (OpenAI's error shape).
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .batcher import Batcher
+from .options import ServeOptions
+from .service import Service
+
+__all__ = ["Batcher", "ServeOptions", "Service", "create_app"]

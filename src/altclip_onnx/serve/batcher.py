@@ -1,0 +1,200 @@
+"""Dynamic batching: concurrent requests' inputs coalesced into one model call, run off the event loop.
+
+A :class:`Batcher` owns one worker thread. Requests :meth:`~Batcher.submit` their inputs (a *job*) from
+the event loop and await their own rows. The worker takes the oldest job, then more jobs as long as the
+batch stays within ``max_batch`` inputs, waiting at most ``max_wait`` seconds for them (jobs already
+queued are taken at once), and calls ``run`` once on all their inputs. Each job gets back exactly the
+rows of its own inputs, in order. If ``run`` fails on a batch of several jobs, each job is run again
+alone, so a failure belongs only to the job that caused it.
+
+The batcher knows nothing about models or precisions: ``run`` maps a list of inputs to results with
+one row per input (an array, a list, or a tuple of those, sliced alike).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Closed(RuntimeError):
+    """The batcher was closed: the service is shutting down."""
+
+
+class BatchObserver(Protocol):
+    """What a batcher reports (see :class:`~altclip_onnx.serve.metrics.Metrics`)."""
+
+    def batch(self, name: str, size: int, jobs: int, seconds: float) -> None: ...
+
+    def queued(self, name: str, depth: int) -> None: ...
+
+
+@dataclass
+class _Job:
+    items: Sequence[Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+_STOP = object()
+
+
+class Batcher:
+    """Coalesce concurrent jobs into calls of ``run(items) -> rows`` in one worker thread.
+
+    ``max_batch``: most inputs per call (a job larger than that runs alone; split big requests first, see
+    :meth:`submit_all`). ``max_wait``: seconds the worker waits for more jobs once it has one.
+    """
+
+    def __init__(self, name: str, run: Callable[[list[Any]], Any], *, max_batch: int, max_wait: float,
+                 observer: BatchObserver | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        if max_wait < 0:
+            raise ValueError(f"max_wait must be 0 or more, not {max_wait}")
+        self.name = name
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._run = run
+        self._observer = observer
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._held: deque[_Job] = deque()  # taken from the queue but left for the next batch (it would overflow)
+        self._depth = 0  # inputs waiting
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"altclip-{name}", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Batcher({self.name!r}, max_batch={self.max_batch}, max_wait={self.max_wait}, depth={self.depth})"
+
+    @property
+    def depth(self) -> int:
+        """Inputs waiting for the model."""
+        return self._depth
+
+    async def submit(self, items: Sequence[Any]) -> Any:
+        """The rows of ``run`` for ``items``, computed in a batch with other jobs."""
+        if not items:
+            raise ValueError("a job needs at least one input")
+        loop = asyncio.get_running_loop()
+        job = _Job(items, loop.create_future(), loop)
+        with self._lock:
+            if self._closed:
+                raise Closed(f"{self.name}: shutting down")
+            self._depth += len(items)
+            self._queue.put(job)
+        self._report_depth()
+        return await job.future
+
+    async def submit_all(self, items: Sequence[Any]) -> list[Any]:
+        """Like :meth:`submit` for any number of inputs: jobs of at most ``max_batch`` inputs, so a big
+        request takes turns with others instead of holding the model; returns each job's rows in order."""
+        chunks = [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        return list(await asyncio.gather(*(self.submit(chunk) for chunk in chunks)))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run every job already submitted, then stop the worker (refusing new jobs from now on)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    # --- the worker ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        stopping = False
+        while True:
+            first = self._held.popleft() if self._held else self._queue.get()
+            if first is _STOP:
+                return
+            jobs, size = [first], len(first.items)
+            deadline = time.monotonic() + self.max_wait
+            while size < self.max_batch and not self._held:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    remaining = deadline - time.monotonic()
+                    if stopping or remaining <= 0:
+                        break
+                    try:
+                        job = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                if job is _STOP:  # finish what was submitted before it, without waiting for more
+                    stopping = True
+                    self._held.append(job)
+                    break
+                if size + len(job.items) > self.max_batch:
+                    self._held.append(job)
+                    break
+                jobs.append(job)
+                size += len(job.items)
+            self._take(size)
+            self._execute([job for job in jobs if not job.future.cancelled()])
+
+    def _take(self, size: int) -> None:
+        with self._lock:
+            self._depth -= size
+        self._report_depth()
+
+    def _execute(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        items = [item for job in jobs for item in job.items]
+        started = time.perf_counter()
+        try:
+            results = self._run(items)
+        except BaseException as exc:  # noqa: BLE001 - handed to the requests, never lost in this thread
+            if len(jobs) > 1:
+                log.debug("%s: a batch of %d jobs failed (%s); running each alone", self.name, len(jobs), exc)
+                for job in jobs:
+                    self._execute([job])
+                return
+            _settle(jobs[0], None, exc)
+            return
+        seconds = time.perf_counter() - started
+        if self._observer is not None:
+            self._observer.batch(self.name, len(items), len(jobs), seconds)
+        start = 0
+        for job in jobs:
+            end = start + len(job.items)
+            _settle(job, _rows(results, start, end), None)
+            start = end
+
+    def _report_depth(self) -> None:
+        if self._observer is not None:
+            self._observer.queued(self.name, self._depth)
+
+
+def _rows(results: Any, start: int, end: int) -> Any:
+    if isinstance(results, tuple):
+        return tuple(part[start:end] for part in results)
+    return results[start:end]
+
+
+def _settle(job: _Job, result: Any, error: BaseException | None) -> None:
+    def settle() -> None:
+        if job.future.done():  # the request went away (client disconnected)
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    try:
+        job.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the event loop is closed: nobody is waiting any more
+        pass

@@ -1,0 +1,108 @@
+"""The model behind the service: an :class:`~altclip_onnx.Encoder`, a :class:`~.batcher.Batcher` per tower,
+threads that decode images, and the text classifiers of recent label sets.
+
+Everything here computes exactly what the Encoder computes for the same inputs (the same tokenizer,
+preprocessing, sessions and classifier recipe); only the grouping into model calls differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..bundle import TEXTUAL, VISUAL
+from ..errors import InputError
+from ..runtime.encoder import DEFAULT_TEMPLATES, Encoder, check_labels, fill_templates, l2_normalize
+from .batcher import Batcher, BatchObserver
+from .media import image_pixels
+from .options import ServeOptions
+
+
+class Engine:
+    """Embeddings and zero-shot probabilities for requests, batched across them (see the module docstring)."""
+
+    def __init__(self, encoder: Encoder, options: ServeOptions, observer: BatchObserver | None = None) -> None:
+        self.encoder = encoder
+        self.options = options
+        self.decoder = ThreadPoolExecutor(options.workers, thread_name_prefix="altclip-decode")
+        wait = options.max_wait_ms / 1000
+        self.texts = Batcher(TEXTUAL, self._run_texts, max_batch=options.max_batch, max_wait=wait, observer=observer)
+        self.images = Batcher(VISUAL, self._run_pixels, max_batch=options.max_batch, max_wait=wait, observer=observer)
+        self._classifiers: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Load both sessions and the tokenizer now (once), so the first request does not pay for it and a
+        broken bundle fails at start-up."""
+        self.encoder.session(VISUAL)
+        self.encoder.session(TEXTUAL)
+        self.encoder.tokenizer  # noqa: B018  (loads it)
+
+    def close(self) -> None:
+        """Finish the jobs already submitted, then stop the worker threads."""
+        self.texts.close()
+        self.images.close()
+        self.decoder.shutdown(wait=True)
+
+    # --- what the worker threads run --------------------------------------------------------------
+
+    def _run_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        vectors = self.encoder.encode_texts(texts, batch_size=self.options.max_batch)
+        tokens = np.array([sum(e.attention_mask) for e in self.encoder.tokenizer.encode_batch(texts)], dtype=np.int64)
+        return vectors, tokens
+
+    def _run_pixels(self, pixels: list[np.ndarray]) -> np.ndarray:
+        return self.encoder.encode_pixels(np.stack(pixels))
+
+    # --- for requests (on the event loop) ---------------------------------------------------------
+
+    async def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [N, D] normalized embeddings and the token count of each text."""
+        parts = await self.texts.submit_all(list(texts))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    async def decode(self, images: Sequence[tuple[bytes, str]]) -> list[np.ndarray]:
+        """Each (bytes, name) as pixel values, in the decoding threads; the first bad image's ApiError."""
+        loop = asyncio.get_running_loop()
+        spec, limit = self.encoder.manifest.image, self.options.max_pixels
+        tasks = [loop.run_in_executor(self.decoder, image_pixels, data, spec, limit, where) for data, where in images]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # after a failure, the others' results (or errors) are not wanted
+                if not task.done():
+                    task.cancel()
+
+    async def embed_images(self, images: Sequence[tuple[bytes, str]]) -> np.ndarray:
+        """float32 [N, D] normalized embeddings of images given as (bytes, name for messages)."""
+        pixels = await self.decode(images)
+        return np.concatenate(await self.images.submit_all(pixels))
+
+    async def classifier(self, labels: Sequence[str], templates: Sequence[str] | None) -> np.ndarray:
+        """[labels, D]: :meth:`Encoder.text_classifier`'s recipe, its texts batched with other requests' and
+        the result kept for the next request with the same labels and templates."""
+        labels = check_labels(labels)
+        templates = list(DEFAULT_TEMPLATES if templates is None else templates)
+        if not templates:
+            raise InputError("no templates given; leave them out for the default ones")
+        texts = fill_templates(labels, templates)
+        key = (tuple(labels), tuple(templates))
+        with self._lock:
+            if key in self._classifiers:
+                self._classifiers.move_to_end(key)
+                return self._classifiers[key]
+        vectors, _ = await self.embed_texts(texts)
+        classifier = l2_normalize(vectors.reshape(len(labels), len(templates), -1).mean(axis=1))
+        with self._lock:
+            self._classifiers[key] = classifier
+            while len(self._classifiers) > self.options.classifier_cache:
+                self._classifiers.popitem(last=False)
+        return classifier
+
+    def probabilities(self, image_embeds: np.ndarray, classifier: np.ndarray) -> np.ndarray:
+        return self.encoder.probabilities(image_embeds, classifier)

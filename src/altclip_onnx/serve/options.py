@@ -1,0 +1,43 @@
+"""How a service is configured: one frozen dataclass, its defaults those of ``altclip-onnx serve``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Per-request limits (documented in README; each refused with a 400 naming it).
+MAX_TEXTS = 2048  # texts per /v1/embeddings request (OpenAI's own limit)
+MAX_TEXT_CHARS = 20_000  # characters per text (the tokenizer keeps the first max_length tokens anyway)
+MAX_IMAGES = 64  # images per request (/v1/embeddings, /v1/classify)
+MAX_LABELS = 1000  # labels per /v1/classify request
+MAX_TEMPLATES = 64  # templates per /v1/classify request
+MAX_K = 1000  # results per /v1/search
+THUMBNAIL_SIZE = 256  # longest edge of /v1/thumbnails/{id}, in pixels
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """``max_batch``: most inputs per model call; ``max_wait_ms``: how long a model call waits for more
+    requests to join it; ``max_body_bytes``: request bodies above this are refused (413) before being read
+    whole; ``max_pixels``: images above this many pixels are refused (413) from their header;
+    ``workers``: threads that decode images; ``api_key``: when set, every /v1/ request needs
+    ``Authorization: Bearer <key>``; ``cors_origins``: origins allowed to call from a browser (none: CORS off);
+    ``classifier_cache``: label sets whose text classifier is kept; ``thumbnail_cache``: thumbnails kept."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    workers: int = 2
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    classifier_cache: int = 64
+    thumbnail_cache: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_body_bytes", "max_pixels", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be 0 or more, not {self.max_wait_ms}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key is empty; give None for no key")
