@@ -120,7 +120,7 @@ def test_close_finishes_queued_jobs_then_refuses_new_ones() -> None:
     results, refused = asyncio.run(main())
     assert [r[1].tolist() for r in results] == [[i] for i in range(6)]
     assert isinstance(refused, Closed)
-    assert not batcher._thread.is_alive()
+    assert batcher.closed
 
 
 def test_cancelled_jobs_are_skipped() -> None:
@@ -147,3 +147,57 @@ def test_arguments_are_checked() -> None:
         Batcher("test", Recorder(), max_batch=0, max_wait=0)
     with pytest.raises(ValueError, match="max_wait"):
         Batcher("test", Recorder(), max_batch=1, max_wait=-1)
+
+
+def test_a_lone_job_runs_at_once_when_nothing_is_arriving() -> None:
+    record = Recorder()
+    batcher = Batcher("test", record, max_batch=8, max_wait=2.0, arriving=lambda: 0)
+
+    async def one() -> float:
+        started = time.perf_counter()
+        await batcher.submit([1])
+        return time.perf_counter() - started
+
+    try:
+        assert asyncio.run(one()) < 0.5  # not the 2 s max_wait
+    finally:
+        batcher.close()
+
+
+def test_a_job_waits_for_a_request_still_arriving() -> None:
+    record = Recorder()
+    arriving = [1]
+    batcher = Batcher("test", record, max_batch=8, max_wait=2.0, arriving=lambda: arriving[0])
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit([1]))
+        await asyncio.sleep(0.2)
+        arriving[0] = 0  # it arrives...
+        second = asyncio.ensure_future(batcher.submit([2]))  # ...and submits
+        await asyncio.gather(first, second)
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    assert record.calls == [[1, 2]]
+
+
+def test_arrivals_count_requests_until_they_submit() -> None:
+    from altclip_onnx.serve.arrivals import Arrivals, current
+
+    arrivals = Arrivals()
+    with arrivals.request() as ticket:
+        assert current() is ticket
+        assert arrivals.waiting_for("textual") == arrivals.waiting_for("visual") == 1  # tower not known yet
+        ticket.expect("visual")
+        assert (arrivals.waiting_for("textual"), arrivals.waiting_for("visual")) == (0, 1)
+        with arrivals.request():
+            assert (arrivals.waiting_for("textual"), arrivals.waiting_for("visual")) == (1, 2)
+        ticket.submitted("visual")
+        ticket.submitted("visual")  # idempotent
+        assert arrivals.waiting_for("visual") == 0
+    with arrivals.request():
+        pass  # a request that ended (e.g. refused) before submitting anything
+    assert arrivals.waiting_for("textual") == arrivals.waiting_for("visual") == 0
+    assert current() is None

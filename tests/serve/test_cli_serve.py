@@ -99,8 +99,9 @@ def test_a_busy_port_and_an_empty_key_are_one_line_errors(tiny_bundle: Path) -> 
 
 def test_sigterm_finishes_requests_in_flight_then_exits_without_torch(tiny_bundle: Path, fp32_encoder: Encoder,
                                                                        library: list[Path], tmp_path: Path) -> None:
-    # A model call waits up to 1.5 s for company, so the requests are still in flight when SIGTERM comes.
-    server = Server.start(str(tiny_bundle), "--precision", "fp32", "--max-wait-ms", "1500", "--max-batch", "64",
+    """Three requests in flight at SIGTERM: one still sending its body, two waiting in the batchers for it (a
+    model call waits up to --max-wait-ms for requests still arriving). All three are answered, then it exits."""
+    server = Server.start(str(tiny_bundle), "--precision", "fp32", "--max-wait-ms", "2000", "--max-batch", "64",
                           python_code=TORCH_FREE, log_path=tmp_path / "serve.log")
     results: dict[str, httpx.Response] = {}
 
@@ -108,23 +109,39 @@ def test_sigterm_finishes_requests_in_flight_then_exits_without_torch(tiny_bundl
         results[name] = httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=30)
 
     photo = library[0].read_bytes()
+    slow_body = json.dumps({"input": ["a slow upload"], "model": "m"}).encode()
     senders = [threading.Thread(target=send, args=("text", {"input": ["海边的日落", "a cat"], "model": "m"})),
                threading.Thread(target=send, args=("image", {"input": [data_uri(photo)], "modality": "image"}))]
+    port = int(server.url.rsplit(":", 1)[1])
     try:
-        for thread in senders:
-            thread.start()
-        time.sleep(0.5)
-        assert not results  # both are waiting in the batchers
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.TransportError):  # no new connections once told to stop
-            httpx.get(f"{server.url}/health", timeout=2)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(slow_body) + slow_body[:10])
+            time.sleep(0.2)
+            for thread in senders:
+                thread.start()
+            time.sleep(0.5)
+            assert not results  # both wait for the slow request to join their model call
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with pytest.raises(httpx.TransportError):  # no new connections once told to stop
+                httpx.get(f"{server.url}/health", timeout=2)
+            slow.sendall(slow_body[10:])
+            answer = b""
+            while not answer.endswith(b"}"):
+                chunk = slow.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
         for thread in senders:
             thread.join(30)
         code = server.process.wait(30)
     finally:
         server.stop()
     assert code == 0, server.log()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    slow_vector = np.array(json.loads(answer.split(b"\r\n\r\n", 1)[1])["data"][0]["embedding"])
+    assert cosine(slow_vector, fp32_encoder.encode_texts(["a slow upload"])[0])[0] >= 0.99999
     assert results["text"].status_code == 200 and results["image"].status_code == 200
     texts = np.array([row["embedding"] for row in results["text"].json()["data"]])
     assert cosine(texts, fp32_encoder.encode_texts(["海边的日落", "a cat"])).min() >= 0.99999
@@ -153,4 +170,4 @@ def test_cors_only_for_the_origins_given(tiny_bundle: Path) -> None:
         assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == allowed
         refused = http.post("/v1/embeddings", json={"input": "cat"}, headers={"Origin": allowed})
         assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == allowed
-    assert service.engine.texts._closed  # the app's shutdown closed the service
+    assert service.engine.texts.closed  # the app's shutdown closed the service

@@ -29,9 +29,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..bundle import TEXTUAL, VISUAL
 from ..errors import AltclipOnnxError, InputError, StoreError
 from ..runtime.pipeline import split_labels
 from ..search import Hit
+from .arrivals import Ticket
 from .batcher import Closed
 from .errors import ApiError, bad_request, not_found, unsupported_media
 from .media import check_media_type, image_bytes
@@ -275,6 +277,18 @@ class _Api:
             {"id": self.service.model_name, "object": "model", "created": 0, "owned_by": "altclip-onnx"}]})
 
     async def embeddings(self, request: Request) -> Response:
+        with self.engine.arrivals.request() as ticket:
+            return await self._embeddings(request, ticket)
+
+    async def classify(self, request: Request) -> Response:
+        with self.engine.arrivals.request() as ticket:
+            return await self._classify(request, ticket)
+
+    async def search(self, request: Request) -> Response:
+        with self.engine.arrivals.request() as ticket:
+            return await self._search(request, ticket)
+
+    async def _embeddings(self, request: Request, ticket: Ticket) -> Response:
         data = await _read_json(request)
         modality = data.get("modality", "text")
         if modality not in ("text", "image"):
@@ -291,6 +305,7 @@ class _Api:
         if "input" not in data:
             raise bad_request("input is missing: send a text, an array of texts, or images with \"modality\": "
                               "\"image\"", "input")
+        ticket.expect(TEXTUAL if modality == "text" else VISUAL)
         if modality == "text":
             texts = _texts(data["input"], "input")
             vectors, tokens = await self.engine.embed_texts(texts)
@@ -304,7 +319,7 @@ class _Api:
                    "usage": {"prompt_tokens": used, "total_tokens": used}}
         return await _json_response(payload, vectors.size if encoding == "float" else 0)
 
-    async def classify(self, request: Request) -> Response:
+    async def _classify(self, request: Request, ticket: Ticket) -> Response:
         if _is_form(request):
             form = await _form(request)
             images = await _images_from_form(form, "image", "input")
@@ -327,6 +342,7 @@ class _Api:
                 templates = _strings(templates, "templates", "template", MAX_TEMPLATES)
         if len(labels) > MAX_LABELS:
             raise bad_request(f"{len(labels)} labels; at most {MAX_LABELS} per request", "labels", "too_many_inputs")
+        ticket.expect(TEXTUAL, VISUAL)
         classifier, embeds = await asyncio.gather(self.engine.classifier(labels, templates),
                                                   self.engine.embed_images(images))
         self.service.metrics.inputs.labels("image").inc(len(embeds))
@@ -340,7 +356,7 @@ class _Api:
             raise not_found("search needs a photo index: start the service with --db INDEX", "search_not_enabled")
         return self.service.search
 
-    async def search(self, request: Request) -> Response:
+    async def _search(self, request: Request, ticket: Ticket) -> Response:
         search = self._search_enabled()
         query: str | None = None
         image: tuple[bytes, str] | None = None
@@ -379,6 +395,7 @@ class _Api:
                 image = (image_bytes(data["image"], "image"), "image")
             else:
                 row = _integer(data["id"], "id", 0, _SQLITE_MAX_ID)
+        ticket.expect(*([TEXTUAL] if query is not None else [VISUAL] if image is not None else []))
         if query is not None:
             if not query.strip():
                 raise bad_request("the query text is empty", "query")

@@ -3,7 +3,8 @@
 A :class:`Batcher` owns one worker thread. Requests :meth:`~Batcher.submit` their inputs (a *job*) from
 the event loop and await their own rows. The worker takes the oldest job, then more jobs as long as the
 batch stays within ``max_batch`` inputs, waiting at most ``max_wait`` seconds for them (jobs already
-queued are taken at once), and calls ``run`` once on all their inputs. Each job gets back exactly the
+queued are taken at once; with ``arriving``, a count of requests still on their way, it waits only while
+that is above zero), and calls ``run`` once on all their inputs. Each job gets back exactly the
 rows of its own inputs, in order. If ``run`` fails on a batch of several jobs, each job is run again
 alone, so a failure belongs only to the job that caused it.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -46,18 +46,19 @@ class _Job:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
-_STOP = object()
 
 
 class Batcher:
     """Coalesce concurrent jobs into calls of ``run(items) -> rows`` in one worker thread.
 
     ``max_batch``: most inputs per call (a job larger than that runs alone; split big requests first, see
-    :meth:`submit_all`). ``max_wait``: seconds the worker waits for more jobs once it has one.
+    :meth:`submit_all`). ``max_wait``: seconds the worker waits for more jobs once it has one; ``arriving``:
+    how many requests may still bring jobs (see :mod:`.arrivals`; call :meth:`wake` when it drops), None to
+    always wait ``max_wait``.
     """
 
     def __init__(self, name: str, run: Callable[[list[Any]], Any], *, max_batch: int, max_wait: float,
-                 observer: BatchObserver | None = None) -> None:
+                 observer: BatchObserver | None = None, arriving: Callable[[], int] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if max_wait < 0:
@@ -67,11 +68,11 @@ class Batcher:
         self.max_wait = max_wait
         self._run = run
         self._observer = observer
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._held: deque[_Job] = deque()  # taken from the queue but left for the next batch (it would overflow)
+        self._arriving = arriving
+        self._jobs: deque[_Job] = deque()
         self._depth = 0  # inputs waiting
-        self._lock = threading.Lock()
         self._closed = False
+        self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=f"altclip-{name}", daemon=True)
         self._thread.start()
 
@@ -83,17 +84,22 @@ class Batcher:
         """Inputs waiting for the model."""
         return self._depth
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def submit(self, items: Sequence[Any]) -> Any:
         """The rows of ``run`` for ``items``, computed in a batch with other jobs."""
         if not items:
             raise ValueError("a job needs at least one input")
         loop = asyncio.get_running_loop()
         job = _Job(items, loop.create_future(), loop)
-        with self._lock:
+        with self._cond:
             if self._closed:
                 raise Closed(f"{self.name}: shutting down")
+            self._jobs.append(job)
             self._depth += len(items)
-            self._queue.put(job)
+            self._cond.notify()
         self._report_depth()
         return await job.future
 
@@ -103,52 +109,45 @@ class Batcher:
         chunks = [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
         return list(await asyncio.gather(*(self.submit(chunk) for chunk in chunks)))
 
+    def wake(self) -> None:
+        """Tell a waiting worker to look again (fewer requests are arriving)."""
+        with self._cond:
+            self._cond.notify()
+
     def close(self, timeout: float | None = None) -> None:
         """Run every job already submitted, then stop the worker (refusing new jobs from now on)."""
-        with self._lock:
-            if self._closed:
-                return
+        with self._cond:
             self._closed = True
-            self._queue.put(_STOP)
+            self._cond.notify()
         self._thread.join(timeout)
 
     # --- the worker ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        stopping = False
         while True:
-            first = self._held.popleft() if self._held else self._queue.get()
-            if first is _STOP:
-                return
-            jobs, size = [first], len(first.items)
-            deadline = time.monotonic() + self.max_wait
-            while size < self.max_batch and not self._held:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if not self._jobs:  # closed, and everything submitted has run
+                    return
+                jobs = [self._jobs.popleft()]
+                size = len(jobs[0].items)
+                deadline = time.monotonic() + self.max_wait
+                while size < self.max_batch:
+                    if self._jobs:
+                        if size + len(self._jobs[0].items) > self.max_batch:
+                            break  # it starts the next batch
+                        job = self._jobs.popleft()
+                        jobs.append(job)
+                        size += len(job.items)
+                        continue
                     remaining = deadline - time.monotonic()
-                    if stopping or remaining <= 0:
-                        break
-                    try:
-                        job = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                if job is _STOP:  # finish what was submitted before it, without waiting for more
-                    stopping = True
-                    self._held.append(job)
-                    break
-                if size + len(job.items) > self.max_batch:
-                    self._held.append(job)
-                    break
-                jobs.append(job)
-                size += len(job.items)
-            self._take(size)
+                    if self._closed or remaining <= 0 or (self._arriving is not None and self._arriving() <= 0):
+                        break  # time is up, or no request is on its way: run what there is
+                    self._cond.wait(remaining)
+                self._depth -= size
+            self._report_depth()
             self._execute([job for job in jobs if not job.future.cancelled()])
-
-    def _take(self, size: int) -> None:
-        with self._lock:
-            self._depth -= size
-        self._report_depth()
 
     def _execute(self, jobs: list[_Job]) -> None:
         if not jobs:

@@ -18,6 +18,7 @@ import numpy as np
 from ..bundle import TEXTUAL, VISUAL
 from ..errors import InputError
 from ..runtime.encoder import DEFAULT_TEMPLATES, Encoder, check_labels, fill_templates, l2_normalize
+from .arrivals import Arrivals, current
 from .batcher import Batcher, BatchObserver
 from .media import image_pixels
 from .options import ServeOptions
@@ -30,9 +31,14 @@ class Engine:
         self.encoder = encoder
         self.options = options
         self.decoder = ThreadPoolExecutor(options.workers, thread_name_prefix="altclip-decode")
+        self.arrivals = Arrivals()
         wait = options.max_wait_ms / 1000
-        self.texts = Batcher(TEXTUAL, self._run_texts, max_batch=options.max_batch, max_wait=wait, observer=observer)
-        self.images = Batcher(VISUAL, self._run_pixels, max_batch=options.max_batch, max_wait=wait, observer=observer)
+        self.texts = Batcher(TEXTUAL, self._run_texts, max_batch=options.max_batch, max_wait=wait, observer=observer,
+                             arriving=lambda: self.arrivals.waiting_for(TEXTUAL))
+        self.images = Batcher(VISUAL, self._run_pixels, max_batch=options.max_batch, max_wait=wait, observer=observer,
+                              arriving=lambda: self.arrivals.waiting_for(VISUAL))
+        self.arrivals.listen(self.texts.wake)
+        self.arrivals.listen(self.images.wake)
         self._classifiers: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -63,6 +69,7 @@ class Engine:
 
     async def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """float32 [N, D] normalized embeddings and the token count of each text."""
+        _arrived(TEXTUAL)
         parts = await self.texts.submit_all(list(texts))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -81,6 +88,7 @@ class Engine:
     async def embed_images(self, images: Sequence[tuple[bytes, str]]) -> np.ndarray:
         """float32 [N, D] normalized embeddings of images given as (bytes, name for messages)."""
         pixels = await self.decode(images)
+        _arrived(VISUAL)
         return np.concatenate(await self.images.submit_all(pixels))
 
     async def classifier(self, labels: Sequence[str], templates: Sequence[str] | None) -> np.ndarray:
@@ -95,6 +103,7 @@ class Engine:
         with self._lock:
             if key in self._classifiers:
                 self._classifiers.move_to_end(key)
+                _arrived(TEXTUAL)  # nothing for the text tower after all
                 return self._classifiers[key]
         vectors, _ = await self.embed_texts(texts)
         classifier = l2_normalize(vectors.reshape(len(labels), len(templates), -1).mean(axis=1))
@@ -106,3 +115,9 @@ class Engine:
 
     def probabilities(self, image_embeds: np.ndarray, classifier: np.ndarray) -> np.ndarray:
         return self.encoder.probabilities(image_embeds, classifier)
+
+
+def _arrived(tower: str) -> None:
+    ticket = current()
+    if ticket is not None:
+        ticket.submitted(tower)

@@ -1,0 +1,323 @@
+"""Load on ``altclip-onnx serve``: throughput and latency at 1, 4, 16 and 64 concurrent clients.
+
+Starts the service on BUNDLE (a subprocess listening on 127.0.0.1 only), then, for texts and for images, runs
+each concurrency level as a closed loop: every client sends one request at a time (one text, or one image as
+a data URI, through ``POST /v1/embeddings``), the next as soon as the last is answered, until the level has
+sent ``--requests`` requests or ``--seconds`` have passed. Per level: requests/s, p50 and p99 latency, errors
+(must be 0), the model calls' mean batch size (from /metrics), and the server's resident memory before and
+after. Then, with the server stopped, ``Encoder.encode_images`` alone on the same images at the batch size
+of the highest image level below 64 clients (16), for the goal below.
+
+Goals (issue 9, for the full-size bundle at int8): text throughput at 16 clients >= 3x one client's, at p99
+<= 4x one client's p50; image throughput at 16 clients >= 90% of encode_images' own at batch 16.
+
+Usage::
+
+    python benchmarks/serve_load.py BUNDLE [--precision int8] [--clients 1,4,16,64] [--requests 256]
+        [--seconds 60] [--kinds texts,images] [--max-batch 32] [--max-wait-ms 5] [--threads N]
+        [--image-size 640x480] [--json results.json]
+
+Prints a Markdown table (and the goals); ``--json`` also writes every number. The load generator runs in
+this process (asyncio + httpx), on the same machine: on a small machine it takes some CPU from the server,
+most visibly with a tiny model. Needs the [serve] extra and httpx; scikit-image for the photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from altclip_onnx.runtime import Encoder
+from altclip_onnx.runtime.doctor import cpu_summary
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "horse")
+# Short captions in several languages (about 10-20 tokens each with the real tokenizer).
+TEXTS = [
+    "a photo of a cat sleeping on a sofa", "海边的日落，天空是橙色的", "ein Hund spielt im Garten mit einem Ball",
+    "東京の夜景と桜の花", "una taza de café sobre la mesa", "кошка спит на диване", "a rocket launching at night",
+    "서울의 밤거리는 아름답습니다", "le chat dort sur le canapé", "القطة نائمة على الأريكة", "two children flying a kite",
+    "una città italiana al tramonto", "kot śpi na kanapie", "a bowl of hot noodles on the table", "nhà hàng bên bờ sông",
+    "bir kedi pencerede oturuyor",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB (Linux; None elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def make_images(count: int, width: int, height: int) -> list[bytes]:
+    """``count`` different JPEGs of width x height from scikit-image's photos (flipped and shifted)."""
+    from skimage import data
+
+    out = []
+    for i in range(count):
+        pixels = getattr(data, PHOTOS[i % len(PHOTOS)])()
+        if pixels.dtype == bool:
+            pixels = pixels.astype(np.uint8) * 255
+        image = Image.fromarray(pixels).convert("RGB").resize((width, height), Image.BICUBIC)
+        if (i // len(PHOTOS)) % 2:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90 - i % 7)
+        out.append(buffer.getvalue())
+    return out
+
+
+class Server:
+    """``altclip-onnx serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, bundle: str, args: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.pop("ALTCLIP_API_KEY", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "altclip_onnx.cli", "serve", bundle, "--host", "127.0.0.1", "--port",
+             str(self.port), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server exited: {self.process.stderr.read().decode(errors='replace')}")  # type: ignore[union-attr]
+            try:
+                self.health = httpx.get(f"{self.url}/health", timeout=2).json()
+                return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("the server did not start within 300 s")
+
+    def rss(self) -> float | None:
+        return rss_mb(self.process.pid)
+
+    def batches(self) -> dict[str, tuple[float, float]]:
+        """Per tower: (sum of batch sizes, model calls) so far."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        out = {}
+        for tower in ("textual", "visual"):
+            total = re.search(rf'altclip_batch_size_sum{{tower="{tower}"}} ([0-9.e+]+)', text)
+            calls = re.search(rf'altclip_batch_size_count{{tower="{tower}"}} ([0-9.e+]+)', text)
+            out[tower] = (float(total.group(1)) if total else 0.0, float(calls.group(1)) if calls else 0.0)
+        return out
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+async def level(url: str, bodies: list[dict[str, Any]], clients: int, requests: int, seconds: float) -> dict[str, Any]:
+    """One closed-loop run: ``clients`` concurrent clients, at most ``requests`` requests and ``seconds`` in all."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    sent = 0
+    deadline = time.monotonic() + seconds
+
+    async def client(http: httpx.AsyncClient, offset: int) -> None:
+        nonlocal sent
+        i = offset
+        while sent < requests and time.monotonic() < deadline:
+            sent += 1
+            body = bodies[i % len(bodies)]
+            i += clients
+            started = time.perf_counter()
+            try:
+                response = await http.post("/v1/embeddings", json=body)
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code} {response.text[:200]}")
+                    continue
+            except httpx.HTTPError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http, c) for c in range(clients)))
+        wall = time.perf_counter() - started
+    ms = sorted(1000 * x for x in latencies)
+    return {
+        "clients": clients, "requests": len(latencies) + len(errors), "ok": len(latencies), "errors": len(errors),
+        "error_examples": errors[:3], "seconds": wall, "requests_per_s": len(latencies) / wall if wall else 0.0,
+        "p50_ms": statistics.median(ms) if ms else None,
+        "p99_ms": ms[min(len(ms) - 1, int(np.ceil(0.99 * len(ms))) - 1)] if ms else None,
+    }
+
+
+def encoder_throughput(bundle: str, precision: str, threads: int | None, images: list[bytes], batch: int,
+                       seconds: float) -> float:
+    """images/s of ``Encoder.encode_images`` itself (decoding included) at ``batch``, after one warm-up batch."""
+    encoder = Encoder(bundle, precision=precision, threads=threads)
+    work = [images[i % len(images)] for i in range(batch)]
+    encoder.encode_images(work, batch_size=batch)
+    done, started = 0, time.perf_counter()
+    while done < 4 * batch or (time.perf_counter() - started < seconds and done < 16 * batch):
+        encoder.encode_images(work, batch_size=batch)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    head = report["setup"]
+    lines = [
+        f"CPU: {head['cpu']}; bundle {head['bundle']} ({head['model']}, {head['embedding_dim']}-d, "
+        f"{head['precision']}); --max-batch {head['max_batch']}, --max-wait-ms {head['max_wait_ms']}, "
+        f"threads {head['threads'] or 'default'}; images {head['image_size']} JPEG; server RSS at start "
+        f"{_mb(report['rss_start_mb'])}, after everything {_mb(report['rss_end_mb'])}",
+        "",
+        "| input | clients | requests | errors | requests/s | p50 | p99 | mean batch | server RSS before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['kind']} | {row['clients']} | {row['requests']} | {row['errors']} | {row['requests_per_s']:.1f} | "
+            f"{_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {row['mean_batch']:.1f} | "
+            f"{_mb(row['rss_before_mb'])} → {_mb(row['rss_after_mb'])} |")
+    if report["goals"]:
+        lines += ["", "| goal | measured | |", "|---|---|---|"]
+        lines += [f"| {g['goal']} | {g['measured']} | {'met' if g['met'] else 'missed'} |" for g in report["goals"]]
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} MB"
+
+
+def goals(rows: list[dict[str, Any]], encoder_rate: float | None, batch: int) -> list[dict[str, Any]]:
+    found = {(r["kind"], r["clients"]): r for r in rows}
+    out = []
+    one, many = found.get(("texts", 1)), found.get(("texts", 16))
+    if one and many and one["p50_ms"] and many["p99_ms"]:
+        ratio = many["requests_per_s"] / one["requests_per_s"]
+        tail = many["p99_ms"] / one["p50_ms"]
+        out.append({"goal": "texts: 16 clients >= 3x one client's throughput, at p99 <= 4x one client's latency",
+                    "measured": f"{ratio:.2f}x at p99 {tail:.2f}x ({many['p99_ms']:.1f} / {one['p50_ms']:.1f} ms)",
+                    "met": ratio >= 3 and tail <= 4})
+    images = found.get(("images", batch))
+    if images and encoder_rate:
+        share = images["requests_per_s"] / encoder_rate
+        out.append({"goal": f"images: {batch} clients >= 90% of Encoder.encode_images at batch {batch}",
+                    "measured": f"{100 * share:.0f}% ({images['requests_per_s']:.1f} / {encoder_rate:.1f} images/s)",
+                    "met": share >= 0.9})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "fp16"])
+    parser.add_argument("--clients", default="1,4,16,64", help="concurrency levels, comma-separated")
+    parser.add_argument("--requests", type=int, default=256, help="most requests per level")
+    parser.add_argument("--seconds", type=float, default=60.0, help="most seconds per level")
+    parser.add_argument("--kinds", default="texts,images")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the server")
+    parser.add_argument("--image-size", default="640x480")
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.seconds <= 0:
+        parser.error("--requests and --seconds must be positive")
+    clients = [int(c) for c in args.clients.split(",")]
+    kinds = [k for k in args.kinds.split(",") if k]
+    width, height = (int(v) for v in args.image_size.lower().split("x"))
+    images = make_images(16, width, height)
+    bodies = {
+        "texts": [{"input": text, "model": "m", "encoding_format": "base64"} for text in TEXTS],
+        "images": [{"input": "data:image/jpeg;base64," + base64.b64encode(b).decode(), "modality": "image",
+                    "model": "m", "encoding_format": "base64"} for b in images],
+    }
+    server_args = ["--precision", args.precision, "--max-batch", str(args.max_batch), "--max-wait-ms",
+                   str(args.max_wait_ms)]
+    if args.threads is not None:
+        server_args += ["--threads", str(args.threads)]
+    print(f"starting the server on {args.bundle} ...", file=sys.stderr)
+    server = Server(args.bundle, server_args)
+    rows = []
+    try:
+        rss_start = server.rss()
+        for kind in kinds:  # warm-up: the first calls of each session are slow
+            asyncio.run(level(server.url, bodies[kind], 2, 8, 120))
+        for kind in kinds:
+            tower = "textual" if kind == "texts" else "visual"
+            for count in clients:
+                before, rss_before = server.batches(), server.rss()
+                row = asyncio.run(level(server.url, bodies[kind], count, args.requests, args.seconds))
+                after = server.batches()
+                calls = after[tower][1] - before[tower][1]
+                row.update(kind=kind, rss_before_mb=rss_before, rss_after_mb=server.rss(),
+                           mean_batch=(after[tower][0] - before[tower][0]) / calls if calls else 0.0)
+                rows.append(row)
+                print(f"{kind} x{count}: {row['requests_per_s']:.1f} requests/s, p50 {_ms(row['p50_ms'])}, "
+                      f"p99 {_ms(row['p99_ms'])}, {row['errors']} errors", file=sys.stderr)
+        rss_end = server.rss()
+        health = server.health
+    finally:
+        code = server.stop()
+    batch = 16 if 16 in clients else max(c for c in clients if c <= args.max_batch)
+    encoder_rate = None
+    if "images" in kinds:
+        precision = health["precision"]["visual"]
+        print(f"Encoder.encode_images alone at batch {batch} ...", file=sys.stderr)
+        encoder_rate = encoder_throughput(args.bundle, precision, args.threads, images, batch, args.seconds / 2)
+    report = {
+        "setup": {"cpu": cpu_summary(), "bundle": args.bundle, "model": health["model"],
+                  "embedding_dim": health["embedding_dim"],
+                  "precision": ", ".join(f"{t} {p}" for t, p in health["precision"].items()),
+                  "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "threads": args.threads,
+                  "image_size": args.image_size, "requests_per_level": args.requests, "seconds_per_level": args.seconds,
+                  "python": sys.version.split()[0]},
+        "rows": rows, "rss_start_mb": rss_start, "rss_end_mb": rss_end, "server_exit_code": code,
+        "encoder_images_per_s": encoder_rate, "encoder_batch": batch, "goals": goals(rows, encoder_rate, batch),
+    }
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    errors = sum(row["errors"] for row in rows)
+    if errors:
+        print(f"{errors} requests failed, e.g. {[r['error_examples'] for r in rows if r['errors']][0]}", file=sys.stderr)
+    return 1 if errors or code != 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
