@@ -4,8 +4,9 @@ Starts the service on BUNDLE (a subprocess listening on 127.0.0.1 only), then, f
 each concurrency level as a closed loop: every client sends one request at a time (one text, or one image as
 a data URI, through ``POST /v1/embeddings``), the next as soon as the last is answered, until the level has
 sent ``--requests`` requests or ``--seconds`` have passed. Per level: requests/s, p50 and p99 latency, errors
-(must be 0), the model calls' mean batch size (from /metrics), and the server's resident memory before and
-after. Then, with the server stopped, ``Encoder.encode_images`` alone on the same images at the batch size
+(must be 0), the model calls' mean batch size (from /metrics), the CPU the server used (in cores: a level
+where it stays well under the machine's cores is limited elsewhere, e.g. by this load generator), and the
+server's resident memory before and after. Then, with the server stopped, ``Encoder.encode_images`` alone on the same images at the batch size
 of the highest image level below 64 clients (16), for the goal below.
 
 Goals (issue 9, for the full-size bundle at int8): text throughput at 16 clients >= 3x one client's, at p99
@@ -18,8 +19,8 @@ Usage::
         [--image-size 640x480] [--json results.json]
 
 Prints a Markdown table (and the goals); ``--json`` also writes every number. The load generator runs in
-this process (asyncio + httpx), on the same machine: on a small machine it takes some CPU from the server,
-most visibly with a tiny model. Needs the [serve] extra and httpx; scikit-image for the photos.
+this process (asyncio and a minimal HTTP/1.1 client), on the same machine: on a small machine it takes some
+CPU from the server, most visibly with a tiny model. Needs the [serve] extra and httpx; scikit-image for the photos.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -75,6 +77,15 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, in seconds (Linux; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def make_images(count: int, width: int, height: int) -> list[bytes]:
     """``count`` different JPEGs of width x height from scikit-image's photos (flipped and shifted)."""
     from skimage import data
@@ -119,6 +130,9 @@ class Server:
     def rss(self) -> float | None:
         return rss_mb(self.process.pid)
 
+    def cpu(self) -> float | None:
+        return cpu_seconds(self.process.pid)
+
     def batches(self) -> dict[str, tuple[float, float]]:
         """Per tower: (sum of batch sizes, model calls) so far."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
@@ -140,36 +154,76 @@ class Server:
         return self.process.returncode
 
 
-async def level(url: str, bodies: list[dict[str, Any]], clients: int, requests: int, seconds: float) -> dict[str, Any]:
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client over asyncio streams: it costs the load generator far less CPU than
+    a full client library, which matters when it shares a small machine with the server."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        await self.writer.drain()
+        status = int((await self.reader.readline()).split(b" ", 2)[1])
+        length, close = 0, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                close = True
+        answer = await self.reader.readexactly(length)
+        if close:
+            await self.close()
+        return status, answer
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+async def level(port: int, bodies: list[bytes], clients: int, requests: int, seconds: float) -> dict[str, Any]:
     """One closed-loop run: ``clients`` concurrent clients, at most ``requests`` requests and ``seconds`` in all."""
     latencies: list[float] = []
     errors: list[str] = []
     sent = 0
     deadline = time.monotonic() + seconds
 
-    async def client(http: httpx.AsyncClient, offset: int) -> None:
+    async def client(offset: int) -> None:
         nonlocal sent
+        connection = Connection(port)
         i = offset
-        while sent < requests and time.monotonic() < deadline:
-            sent += 1
-            body = bodies[i % len(bodies)]
-            i += clients
-            started = time.perf_counter()
-            try:
-                response = await http.post("/v1/embeddings", json=body)
-                if response.status_code != 200:
-                    errors.append(f"{response.status_code} {response.text[:200]}")
+        try:
+            while sent < requests and time.monotonic() < deadline:
+                sent += 1
+                body = bodies[i % len(bodies)]
+                i += clients
+                started = time.perf_counter()
+                try:
+                    status, answer = await connection.post("/v1/embeddings", body)
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    await connection.close()
                     continue
-            except httpx.HTTPError as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    errors.append(f"{status} {answer[:200]!r}")
+                    continue
+                latencies.append(time.perf_counter() - started)
+        finally:
+            await connection.close()
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http, c) for c in range(clients)))
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    wall = time.perf_counter() - started
     ms = sorted(1000 * x for x in latencies)
     return {
         "clients": clients, "requests": len(latencies) + len(errors), "ok": len(latencies), "errors": len(errors),
@@ -200,13 +254,13 @@ def format_table(report: dict[str, Any]) -> str:
         f"threads {head['threads'] or 'default'}; images {head['image_size']} JPEG; server RSS at start "
         f"{_mb(report['rss_start_mb'])}, after everything {_mb(report['rss_end_mb'])}",
         "",
-        "| input | clients | requests | errors | requests/s | p50 | p99 | mean batch | server RSS before → after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| input | clients | requests | errors | requests/s | p50 | p99 | mean batch | server CPU | server RSS before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         lines.append(
             f"| {row['kind']} | {row['clients']} | {row['requests']} | {row['errors']} | {row['requests_per_s']:.1f} | "
-            f"{_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {row['mean_batch']:.1f} | "
+            f"{_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {row['mean_batch']:.1f} | {_cores(row['server_cores'])} | "
             f"{_mb(row['rss_before_mb'])} → {_mb(row['rss_after_mb'])} |")
     if report["goals"]:
         lines += ["", "| goal | measured | |", "|---|---|---|"]
@@ -216,6 +270,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} cores"
 
 
 def _mb(value: float | None) -> str:
@@ -262,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.image_size.lower().split("x"))
     images = make_images(16, width, height)
     bodies = {
-        "texts": [{"input": text, "model": "m", "encoding_format": "base64"} for text in TEXTS],
-        "images": [{"input": "data:image/jpeg;base64," + base64.b64encode(b).decode(), "modality": "image",
-                    "model": "m", "encoding_format": "base64"} for b in images],
+        "texts": [json.dumps({"input": text, "model": "m", "encoding_format": "base64"}).encode() for text in TEXTS],
+        "images": [json.dumps({"input": "data:image/jpeg;base64," + base64.b64encode(b).decode(), "modality": "image",
+                               "model": "m", "encoding_format": "base64"}).encode() for b in images],
     }
     server_args = ["--precision", args.precision, "--max-batch", str(args.max_batch), "--max-wait-ms",
                    str(args.max_wait_ms)]
@@ -276,15 +334,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rss_start = server.rss()
         for kind in kinds:  # warm-up: the first calls of each session are slow
-            asyncio.run(level(server.url, bodies[kind], 2, 8, 120))
+            asyncio.run(level(server.port, bodies[kind], 2, 8, 120))
         for kind in kinds:
             tower = "textual" if kind == "texts" else "visual"
             for count in clients:
-                before, rss_before = server.batches(), server.rss()
-                row = asyncio.run(level(server.url, bodies[kind], count, args.requests, args.seconds))
-                after = server.batches()
+                before, rss_before, cpu_before = server.batches(), server.rss(), server.cpu()
+                row = asyncio.run(level(server.port, bodies[kind], count, args.requests, args.seconds))
+                after, cpu_after = server.batches(), server.cpu()
                 calls = after[tower][1] - before[tower][1]
-                row.update(kind=kind, rss_before_mb=rss_before, rss_after_mb=server.rss(),
+                busy = (cpu_after - cpu_before) / row["seconds"] if cpu_before is not None and cpu_after is not None \
+                    else None
+                row.update(kind=kind, rss_before_mb=rss_before, rss_after_mb=server.rss(), server_cores=busy,
                            mean_batch=(after[tower][0] - before[tower][0]) / calls if calls else 0.0)
                 rows.append(row)
                 print(f"{kind} x{count}: {row['requests_per_s']:.1f} requests/s, p50 {_ms(row['p50_ms'])}, "
