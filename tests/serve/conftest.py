@@ -30,8 +30,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-for _module in ("starlette", "uvicorn", "prometheus_client", "multipart", "httpx"):
+for _module in ("starlette", "uvicorn", "prometheus_client", "httpx"):
     pytest.importorskip(_module, reason=f"the service tests need {_module}: pip install -e '.[serve,test-services]'")
+try:  # python-multipart, under its module name since 0.0.13, or the old one
+    import python_multipart  # noqa: F401
+except ImportError:
+    pytest.importorskip("multipart", reason="the service tests need python-multipart: pip install -e '.[serve]'")
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("usearch")
 

@@ -2,7 +2,7 @@
 
 Search page (the search server, whose API needs a key): type a Chinese query with the keyboard, give the key
 when asked, see thumbnails with scores; choose a photo with the keyboard and see it first; open a result with
-the keyboard. Zero-shot page: choose an image, see one probability bar per label, equal to the API's. Both
+the keyboard; drop a photo on the page. Zero-shot page: choose an image, see one probability bar per label, equal to the API's. Both
 pages: every request goes to the service itself, nothing is wider than a phone-width window. Screenshots go to
 ``$ALTCLIP_SCREENSHOTS`` (default ``build/screenshots``).
 """
@@ -62,6 +62,16 @@ def tab_to(page, element_id: str, limit: int = 15) -> None:  # type: ignore[no-u
             return
         page.keyboard.press("Tab")
     raise AssertionError(f"Tab never reached #{element_id}")
+
+
+def drop_file(page, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Drop a file on the page, as dragging it from a file manager does."""
+    transfer = page.evaluate_handle(
+        "([bytes, name]) => { const t = new DataTransfer();"
+        " t.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/jpeg'})); return t; }",
+        [list(path.read_bytes()), path.name])
+    page.dispatch_event("#main", "dragenter", {"dataTransfer": transfer})
+    page.dispatch_event("#main", "drop", {"dataTransfer": transfer})
 
 
 def fits(page) -> bool:  # type: ignore[no-untyped-def]
@@ -127,6 +137,13 @@ def test_search_page(browser, search_server: Server, library: list[Path], screen
     page.wait_for_selector(f"#search-status:has-text('like {Path(second).name}')")
     assert page.locator("#results .hit").first.get_attribute("title") == second
     assert page.evaluate("() => document.activeElement.dataset.path") == second  # the focus is on it, first
+
+    # Drop a photo anywhere on the page: photos like it, itself first.
+    dropped = library[5]
+    drop_file(page, dropped)
+    page.wait_for_selector(f"#search-status:has-text('like {dropped.name}')")
+    assert page.locator("#results .hit").first.get_attribute("title") == str(dropped)
+    assert page.locator("#query-name").inner_text() == f"Photos like {dropped.name}"
     assert errors == []
     only_from(search_server, requested)
     page.close()

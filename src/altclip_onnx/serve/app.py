@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _SQLITE_MAX_ID = 2**63 - 1
 _BIG_JSON = 200_000  # numbers in a response above which it is serialized off the event loop
+_BIG_BASE64 = 1 << 20  # characters of base64 in a request above which they are decoded off the event loop
 
 
 def create_app(service: Service) -> Starlette:
@@ -212,6 +213,15 @@ def _images_from_json(value: object, name: str) -> list[tuple[bytes, str]]:
     return [(image_bytes(item, f"{name}[{i}]"), f"{name}[{i}]") for i, item in enumerate(value)]
 
 
+async def _images_from_json_off_loop(value: object, name: str) -> list[tuple[bytes, str]]:
+    """:func:`_images_from_json`, in a thread when there is much base64 to decode (the event loop stays free)."""
+    size = len(value) if isinstance(value, str) else sum(len(v) for v in value if isinstance(v, str)) \
+        if isinstance(value, list) else 0
+    if size < _BIG_BASE64:
+        return _images_from_json(value, name)
+    return await asyncio.get_running_loop().run_in_executor(None, _images_from_json, value, name)
+
+
 async def _form(request: Request) -> FormData:
     return await request.form(max_files=MAX_IMAGES + 1, max_fields=MAX_LABELS + MAX_TEMPLATES + 16)
 
@@ -311,7 +321,7 @@ class _Api:
             vectors, tokens = await self.engine.embed_texts(texts)
             used = int(tokens.sum())
         else:
-            vectors = await self.engine.embed_images(_images_from_json(data["input"], "input"))
+            vectors = await self.engine.embed_images(await _images_from_json_off_loop(data["input"], "input"))
             used = 0  # images are not counted in tokens
         self.service.metrics.inputs.labels(modality).inc(len(vectors))
         rows = [{"object": "embedding", "index": i, "embedding": _encode(v, encoding)} for i, v in enumerate(vectors)]
@@ -333,7 +343,7 @@ class _Api:
             if "input" not in data:
                 raise bad_request("input is missing: send an image (a data URI or base64) or an array of them",
                                   "input")
-            images = _images_from_json(data["input"], "input")
+            images = await _images_from_json_off_loop(data["input"], "input")
             if "labels" not in data:
                 raise bad_request("labels is missing: send an array of labels", "labels")
             labels = _strings(data["labels"], "labels", "label", MAX_LABELS, allow_one=False)
@@ -392,7 +402,10 @@ class _Api:
                 if not isinstance(query, str):
                     raise bad_request(f"query must be a string, not {_type_name(query)}", "query")
             elif given[0] == "image":
-                image = (image_bytes(data["image"], "image"), "image")
+                if not isinstance(data["image"], str):
+                    raise bad_request(f"image must be a data URI or base64 text, not {_type_name(data['image'])}",
+                                      "image")
+                image = (await _images_from_json_off_loop(data["image"], "image"))[0]
             else:
                 row = _integer(data["id"], "id", 0, _SQLITE_MAX_ID)
         ticket.expect(*([TEXTUAL] if query is not None else [VISUAL] if image is not None else []))
