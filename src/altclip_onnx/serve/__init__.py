@@ -11,7 +11,8 @@ Needs the ``[serve]`` extra (Starlette, uvicorn, prometheus-client, python-multi
 the runtime, it never imports torch, transformers or onnx.
 
 Modules: service (the model and index loaded, checked at start-up), engine (batched embeddings and
-classifiers), batcher (dynamic batching, model-agnostic), media (images from requests, checked before
+classifiers), batcher (dynamic batching, model-agnostic), arrivals (which requests a model call may wait
+for), media (images from requests, checked before
 decoding), search (the index in its own thread, thumbnails), app (endpoints), middleware (metrics, the API
 key, the body limit), metrics, page (the page and its files), errors (OpenAI's error shape).
 """
