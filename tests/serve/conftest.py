@@ -9,12 +9,14 @@ Two servers are shared by the whole session (starting one takes about two second
 - ``zeroshot_server``: no index, no key, the default limits.
 
 Tests that stop or break a server start their own. Needs the [serve] extra and the [test-services] tools
-(openai, httpx); without them these tests are skipped, saying which package is missing.
+(openai, httpx, playwright); without them these tests are skipped, saying which package is missing, except
+under CI (CI=true), where that is a failure: a skip there would hide a missing install step.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import os
 import signal
@@ -30,14 +32,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-for _module in ("starlette", "uvicorn", "prometheus_client", "httpx"):
-    pytest.importorskip(_module, reason=f"the service tests need {_module}: pip install -e '.[serve,test-services]'")
-try:  # python-multipart, under its module name since 0.0.13, or the old one
-    import python_multipart  # noqa: F401
-except ImportError:
-    pytest.importorskip("multipart", reason="the service tests need python-multipart: pip install -e '.[serve]'")
-skdata = pytest.importorskip("skimage.data")
-pytest.importorskip("usearch")
+
+
+def missing(what: str, fix: str) -> None:
+    """Skip what needs ``what``; under CI (CI=true), fail instead: there a skip would hide a missing install step."""
+    message = f"the service tests need {what}: {fix}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+for _module in ("starlette", "uvicorn", "prometheus_client", "httpx", "skimage", "usearch"):
+    if importlib.util.find_spec(_module) is None:
+        missing(_module, "pip install -e '.[serve,search,test,test-services]'")
+if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+    missing("python-multipart", "pip install -e '.[serve]'")
+import skimage.data as skdata  # noqa: E402
 
 import httpx  # noqa: E402
 

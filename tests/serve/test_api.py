@@ -4,6 +4,7 @@ against the command line, thumbnails, health, metrics, the API key."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -17,9 +18,11 @@ from PIL import Image
 from altclip_onnx import Encoder
 from altclip_onnx.cli import main
 
-from .conftest import API_KEY, Server, cosine, data_uri
+from .conftest import API_KEY, Server, cosine, data_uri, missing
 
-openai = pytest.importorskip("openai", reason="pip install -e '.[test-services]'")
+if importlib.util.find_spec("openai") is None:
+    missing("openai", "pip install -e '.[test-services]'")
+import openai  # noqa: E402
 
 TEXTS = ["a photo of a cat", "海边的日落", "Ein Foto einer Rakete.", "صورة لقطة", "東京の夜景", "x" * 3000]
 

@@ -9,6 +9,7 @@ pages: every request goes to the service itself, nothing is wider than a phone-w
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,12 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import API_KEY, Server
+from .conftest import API_KEY, Server, missing
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser itself: apt-get "
-                                                             "install chromium)")
+if importlib.util.find_spec("playwright") is None:
+    missing("playwright", "pip install -e '.[test-services]' (never 'playwright install': the browser is Debian's)")
+from playwright import sync_api  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here: apt-get install chromium")
+if CHROMIUM is None:
+    missing("a chromium browser", "apt-get install -y chromium")
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
