@@ -201,3 +201,4 @@ def test_arrivals_count_requests_until_they_submit() -> None:
         pass  # a request that ended (e.g. refused) before submitting anything
     assert arrivals.waiting_for("textual") == arrivals.waiting_for("visual") == 0
     assert current() is None
+

@@ -171,3 +171,13 @@ def test_cors_only_for_the_origins_given(tiny_bundle: Path) -> None:
         refused = http.post("/v1/embeddings", json={"input": "cat"}, headers={"Origin": allowed})
         assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == allowed
     assert service.engine.texts.closed  # the app's shutdown closed the service
+
+
+def test_the_service_loads_its_sessions_without_spinning(tiny_bundle: Path) -> None:
+    service = Service.open(str(tiny_bundle), precision="fp32")
+    try:
+        for tower in ("visual", "textual"):
+            options = service.encoder.session(tower).get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0", tower
+    finally:
+        service.close()
