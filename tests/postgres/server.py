@@ -140,8 +140,10 @@ class PgServer:
 
 
 def pginstall_without_vector(target: Path) -> Path:
-    """A copy of the wheel's PostgreSQL without pgvector (hard links where possible); returns its bin folder."""
-    source = pgserver_bin().parent
+    """A copy of the wheel's PostgreSQL without pgvector in ``target`` (hard links where possible), laid out
+    as in the wheel so the binaries find their libraries (RPATH $ORIGIN/../../../pgserver.libs); returns its
+    bin folder."""
+    source = pgserver_bin().parent  # .../pgserver/pginstall
 
     def link_or_copy(src: str, dst: str) -> None:
         try:
@@ -152,7 +154,9 @@ def pginstall_without_vector(target: Path) -> Path:
     def no_vector(folder: str, names: list[str]) -> list[str]:
         return [name for name in names if name.startswith("vector")]
 
-    shutil.copytree(source, target, copy_function=link_or_copy, ignore=no_vector, symlinks=True)
-    return target / "bin"
-
-
+    install = target / "pgserver" / "pginstall"
+    shutil.copytree(source, install, copy_function=link_or_copy, ignore=no_vector, symlinks=True)
+    libs = source.parent.parent / "pgserver.libs"
+    if libs.is_dir():
+        (target / "pgserver.libs").symlink_to(libs)
+    return install / "bin"

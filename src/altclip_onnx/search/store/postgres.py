@@ -35,6 +35,7 @@ converted with numpy here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -201,8 +202,7 @@ class PostgresStore:
         pg = self._pg
         self._require_vector()
         try:
-            with self._db.transaction():
-                self._db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_ADVISORY_KEY, self.schema))
+            with self._schema_lock(), self._db.transaction():
                 self._db.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
                 self._db.execute(f"CREATE TABLE IF NOT EXISTS {self._q}.schema_migrations "
                                  "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
@@ -456,7 +456,6 @@ class PostgresStore:
         o = self.options
 
         def create() -> None:
-            self._db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_ADVISORY_KEY, self.schema))
             row = self._db.execute(f"SELECT value FROM {self._q}.info WHERE key = 'embedding_dim'").fetchone()
             if row is not None:  # another writer got here first
                 return
@@ -467,10 +466,23 @@ class PostgresStore:
             self._db.execute(f"INSERT INTO {self._q}.info (key, value) VALUES ('embedding_dim', %s)",
                              (json.dumps(dim),))
 
-        self._transaction(create)
+        with self._schema_lock():
+            self._transaction(create)
         self._dim = None
         if self.dim != dim:
             raise StoreError(f"{self.name}: holds {self.dim}-d vectors, not {dim}-d")
+
+    @contextlib.contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """Hold this schema's advisory lock (other processes changing the schema wait). A session lock taken
+        before the transaction begins: a transaction that began before the lock was granted could still
+        have stale catalog entries ("no such schema" cached) and collide with what the previous holder made."""
+        self._db.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_ADVISORY_KEY, self.schema))
+        try:
+            yield
+        finally:
+            if not self._db.closed:
+                self._db.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_ADVISORY_KEY, self.schema))
 
     def _transaction(self, work: Callable[[], _T]) -> _T:
         """``work`` in one transaction, retried when it lost a deadlock or serialization race; other
