@@ -13,7 +13,11 @@ For each size (default 10k and 100k vectors of dim 768, AltCLIP's) and each back
 - the **install footprint** each backend adds to altclip-onnx's own dependencies.
 
 Backends: ``local`` is :class:`~altclip_onnx.search.store.local.LocalStore` itself (SQLite + usearch HNSW,
-int8) driven through :class:`~altclip_onnx.search.Index`; ``lancedb-hnsw-sq`` and
+int8) driven through :class:`~altclip_onnx.search.Index`; ``postgres`` is
+:class:`~altclip_onnx.search.store.postgres.PostgresStore` (PostgreSQL + pgvector HNSW, float32, cosine) the same
+way, in a schema of its own on ``--pg-uri`` (dropped afterwards), or on a throwaway PostgreSQL 16 + pgvector 0.6
+started from the ``pgserver`` wheel (durable settings: fsync on; 1 GB shared buffers) when no URI is given;
+its size is that of the table, its TOAST and its indexes; ``lancedb-hnsw-sq`` and
 ``lancedb-ivf-pq`` are a LanceDB table (same columns) with an IVF_HNSW_SQ or IVF_PQ index, cosine,
 library defaults otherwise (HNSW queries get the same ``ef`` as the local graph); ``usearch-f16`` is
 the local store with a float16 graph.
@@ -26,9 +30,11 @@ the worst case for any ANN method (all points are nearly equidistant), shown for
 Usage::
 
     python benchmarks/search_scale.py [--sizes 10000,100000] [--dim 768] [--data lowrank]
-        [--backends local,lancedb-hnsw-sq] [--queries 200] [--json search_scale.json]
+        [--backends local,postgres,lancedb-hnsw-sq] [--queries 200] [--json search_scale.json]
+        [--pg-uri postgresql://USER@HOST:PORT/DB]
 
-Needs the [search] extra; the LanceDB backends need ``pip install lancedb``.
+Needs the [search] extra; the LanceDB backends need ``pip install lancedb``; ``postgres`` needs the [postgres]
+extra, and ``pgserver`` without ``--pg-uri``.
 """
 
 from __future__ import annotations
@@ -62,7 +68,9 @@ K = 10
 CANDIDATES = max(CANDIDATES_PER_RESULT * K, MIN_CANDIDATES)
 BASE_PACKAGE = "altclip-onnx"
 BACKEND_PACKAGES = {"local": "usearch", "usearch-f16": "usearch", "lancedb-hnsw-sq": "lancedb",
-                    "lancedb-ivf-pq": "lancedb"}
+                    "lancedb-ivf-pq": "lancedb", "postgres": "psycopg"}
+PG_SETTINGS = {"shared_buffers": "1GB", "maintenance_work_mem": "1GB", "max_wal_size": "4GB"}
+PG_URI: str | None = None  # set by main()
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -179,11 +187,53 @@ def build_lancedb(folder: Path, vectors: np.ndarray, commit: int, index_type: st
     return built
 
 
+def build_postgres(folder: Path, vectors: np.ndarray, commit: int) -> Built:
+    import psycopg
+
+    from altclip_onnx.search.store.postgres import PostgresStore
+
+    schema = f"search_scale_{len(vectors)}"
+    uri = f"{PG_URI}{'&' if '?' in PG_URI else '?'}schema={schema}"  # type: ignore[operator]
+    with psycopg.connect(PG_URI, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    store = PostgresStore(uri, create=True)
+    for start in range(0, len(vectors), commit):
+        stop = min(start + commit, len(vectors))
+        store.add(entries(start, stop), vectors[start:stop])
+    store.flush()
+    store.close()
+    index = Index(PostgresStore(uri))  # a fresh reader, as `altclip-onnx search` opens it
+    index.search_vector(vectors[0], K)
+    with psycopg.connect(PG_URI, autocommit=True) as admin:
+        admin.execute(f"ANALYZE {schema}.images")
+        size = admin.execute(f"SELECT pg_total_relation_size('{schema}.images')").fetchone()[0]
+    (folder / "size").parent.mkdir(parents=True, exist_ok=True)
+    (folder / "size").write_text(str(size))  # measure() sums the folder's files; this one says the table's size
+
+    def search(query: np.ndarray) -> tuple[list[int], list[int]]:
+        return [], [path_id(h.path) for h in index.search_vector(query, K)]
+
+    def both(query: np.ndarray) -> tuple[list[int], list[int]]:
+        raw = [path_id(path) for path in index.store.search(query, K)[1]]  # the HNSW index's own top 10
+        return raw, search(query)[1]
+
+    def close() -> None:
+        index.close()
+        with psycopg.connect(PG_URI, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+    built = Built(both, close)
+    built.timed = search  # type: ignore[attr-defined]
+    return built
+
+
 def build(backend: str, folder: Path, vectors: np.ndarray, commit: int) -> Built:
     if backend == "local":
         return build_local(folder, vectors, commit, AnnOptions())
     if backend == "usearch-f16":
         return build_local(folder, vectors, commit, AnnOptions(dtype="f16"))
+    if backend == "postgres":
+        return build_postgres(folder, vectors, commit)
     if backend.startswith("lancedb-"):
         return build_lancedb(folder, vectors, commit, backend.removeprefix("lancedb-"))
     raise SystemExit(f"unknown backend {backend!r}")
@@ -193,6 +243,8 @@ def build(backend: str, folder: Path, vectors: np.ndarray, commit: int) -> Built
 
 
 def folder_bytes(folder: Path) -> int:
+    if (folder / "size").is_file():  # a server backend wrote down what it holds
+        return int((folder / "size").read_text())
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
@@ -275,13 +327,23 @@ def machine() -> dict[str, Any]:
     except (ValueError, OSError, AttributeError):
         pass
     versions = {}
-    for name in ("usearch", "lancedb", "numpy"):
+    for name in ("usearch", "lancedb", "numpy", "psycopg"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             pass
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gb": memory, "python": platform.python_version(),
             "versions": versions}
+
+
+def pg_versions(uri: str) -> str:
+    import psycopg
+
+    with psycopg.connect(uri) as connection:
+        server = connection.execute("SHOW server_version").fetchone()[0]
+        vector = connection.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+                                    ).fetchone()
+    return f"PostgreSQL {server}, pgvector {vector[0] if vector else 'missing'}"
 
 
 def markdown(results: list[dict[str, Any]], footprints: dict[str, float | None]) -> str:
@@ -302,7 +364,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--data", default="lowrank", choices=["lowrank", "uniform"])
     parser.add_argument("--backends", default="local,lancedb-hnsw-sq",
-                        help="Any of local, usearch-f16, lancedb-hnsw-sq, lancedb-ivf-pq.")
+                        help="Any of local, postgres, usearch-f16, lancedb-hnsw-sq, lancedb-ivf-pq.")
+    parser.add_argument("--pg-uri", help="PostgreSQL with pgvector for the postgres backend (default: a throwaway "
+                                         "server from the pgserver wheel).")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--commit", type=int, default=1000, help="Rows per commit while building.")
     parser.add_argument("--work-dir", type=Path, help="Where to build (default: a temp folder).")
@@ -317,6 +381,17 @@ def main() -> None:
           f"data: {args.data}, dim {args.dim}, {args.queries} queries, k={K}, {CANDIDATES} candidates re-ranked",
           file=sys.stderr)
     results = []
+    server = None
+    global PG_URI
+    if "postgres" in backends:
+        PG_URI = args.pg_uri
+        if PG_URI is None:  # tests/postgres/server.py: the pgserver wheel's binaries, a private data folder
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.postgres.server import PgServer
+
+            server = PgServer(settings=PG_SETTINGS, root=args.work_dir).start()
+            PG_URI = server.uri()
+        facts["versions"]["pgvector"] = pg_versions(PG_URI)
     try:
         for size in sizes:
             vectors = make_vectors(args.data, size, args.dim, seed=size)
@@ -328,6 +403,8 @@ def main() -> None:
                 results.append(result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if server is not None:
+            server.stop()
     footprints = {b: footprint_mb(BACKEND_PACKAGES[b]) for b in backends}
     print(markdown(results, footprints))
     args.json_path.write_text(json.dumps({"machine": facts, "data": args.data, "dim": args.dim, "k": K,

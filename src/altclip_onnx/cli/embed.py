@@ -30,6 +30,50 @@ def output_option(what: str) -> Any:
                         help=f"OUT.npy (+ OUT.{what}) or OUT.parquet.")
 
 
+def ray_options(func: Any) -> Any:
+    """--ray and what goes with it (embed, embed-text): the same run spread over a Ray cluster."""
+    func = click.option("--ship-bundle", is_flag=True,
+                        help="With --ray: send the bundle to the workers through Ray's object store "
+                             "[default: every worker reads BUNDLE from the same path].")(func)
+    func = click.option("--shard-rows", type=click.IntRange(1), default=None, metavar="N",
+                        help="With --ray: inputs per Parquet shard, the unit of resuming [default: 1000].")(func)
+    func = click.option("--actors", type=click.IntRange(1), default=None, metavar="N",
+                        help="With --ray: model replicas, each with --threads threads [default: the cluster's "
+                             "CPUs / --threads].")(func)
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+                        metavar="[auto|ADDRESS]",
+                        help="Run on Ray: 'auto' (RAY_ADDRESS, else a cluster running here, else a local one) or "
+                             "a cluster's HOST:PORT. OUT is then a folder of Parquet shards.")(func)
+
+
+def run_on_ray(kind: str, items: list[str], bundle: str, output: Path, ray_address: str, actors: int | None,
+               shard_rows: int | None, ship_bundle: bool, **options: Any) -> None:
+    """embed / embed-text --ray: the distributed API, its failures listed, one summary line."""
+    from ..distributed import RayOptions, ShardReport
+    from ..distributed.ray_run import run
+
+    threads = options.pop("threads", None)
+    settings = RayOptions(address=ray_address, actors=actors, shard_rows=shard_rows or 1000,
+                          ship_bundle=ship_bundle, threads=threads or 1, **options)
+    report: ShardReport = run(kind, items, bundle, output, settings)
+    report_failures(report.failures)
+    what = f"{kind}s"
+    resumed = f", {report.resumed} resumed" if report.resumed else ""
+    failed = f", {len(report.failures)} failed" if report.failures else ""
+    click.echo(f"embedded {report.embedded} {what}{failed}, {report.per_second:.1f} {what}/s on {report.actors} Ray "
+               f"actors in {report.seconds:.1f}s; wrote {report.output} ({report.rows} rows in {report.shards} "
+               f"shards{resumed})")
+    exit_partial_if(report.failures)
+
+
+def require_ray(ray_address: str | None, actors: int | None, shard_rows: int | None, ship_bundle: bool) -> None:
+    if ray_address is None:
+        given = [name for name, value in (("--actors", actors), ("--shard-rows", shard_rows),
+                                          ("--ship-bundle", ship_bundle)) if value]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --ray")
+
+
 def summary(report: Any, what: str) -> str:
     resumed = f" ({report.resumed} resumed)" if report.resumed else ""
     failed = f", {len(report.failures)} failed" if report.failures else ""
@@ -47,20 +91,31 @@ def summary(report: Any, what: str) -> str:
 @click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale: much faster for big photos, not exact.")
 @click.option("--no-normalize", is_flag=True, help="Raw get_image_features instead of L2-normalized embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@ray_options
 @friendly_errors
 def embed(bundle: str, paths: tuple[Path, ...], output: Path, from_file: str | None, batch_size: int,
           workers: int, provider: str | None, precision: str, threads: int | None, draft: bool,
-          no_normalize: bool, overwrite: bool) -> None:
+          no_normalize: bool, overwrite: bool, ray_address: str | None, actors: int | None,
+          shard_rows: int | None, ship_bundle: bool) -> None:
     """Embed images (files, folders walked recursively, or a list) into OUT.
 
     An interrupted run resumes where it stopped when run again. Files that cannot be read are
-    listed on stderr with the reason and skipped; the exit code is then 4.
+    listed on stderr with the reason and skipped; the exit code is then 4. With --ray, actors on a
+    Ray cluster embed the images (each reads its files: paths must be the same on every node) and OUT
+    is a folder of Parquet shards (path, embedding, error) written as they complete.
     """
     from ..runtime.outputs import EmbedOptions, embed_images_to_file
     from ..runtime.pipeline import iter_image_files
 
     if not paths and from_file is None:
         raise click.UsageError("give at least one PATH or --from-file")
+    require_ray(ray_address, actors, shard_rows, ship_bundle)
+    if ray_address is not None:
+        files = [str(p) for p in iter_image_files(paths, from_file=line_source(from_file) if from_file else None)]
+        run_on_ray("image", files, bundle, output, ray_address, actors, shard_rows, ship_bundle,
+                   batch_size=batch_size, workers=workers, provider=provider, precision=precision, threads=threads,
+                   draft=draft, normalize=not no_normalize, overwrite=overwrite)
+        return
     encoder = load_encoder(bundle, provider, precision, threads)
     files = list(iter_image_files(paths, from_file=line_source(from_file) if from_file else None))  # a total
     options = EmbedOptions(batch_size=batch_size, workers=workers, draft=draft, normalize=not no_normalize,
@@ -80,13 +135,16 @@ def embed(bundle: str, paths: tuple[Path, ...], output: Path, from_file: str | N
 @encoder_options
 @click.option("--no-normalize", is_flag=True, help="Raw get_text_features instead of L2-normalized embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@ray_options
 @friendly_errors
 def embed_text(bundle: str, texts: tuple[str, ...], output: Path, from_file: str | None, batch_size: int,
                provider: str | None, precision: str, threads: int | None, no_normalize: bool,
-               overwrite: bool) -> None:
+               overwrite: bool, ray_address: str | None, actors: int | None, shard_rows: int | None,
+               ship_bundle: bool) -> None:
     """Embed TEXTs (or a file of texts, one per line; a lone '-' reads standard input) into OUT.
 
-    Blank lines are skipped. OUT.texts.jsonl holds each text as a JSON string, one per line.
+    Blank lines are skipped. OUT.texts.jsonl holds each text as a JSON string, one per line. With
+    --ray, actors on a Ray cluster embed them into a folder of Parquet shards (text, embedding).
     """
     from ..runtime.outputs import EmbedOptions, embed_texts_to_file
     from ..runtime.pipeline import iter_lines
@@ -97,6 +155,12 @@ def embed_text(bundle: str, texts: tuple[str, ...], output: Path, from_file: str
     if from_file is not None:
         sources.append(iter_lines(line_source(from_file)))
     all_texts = list(itertools.chain(*sources))  # a total for the progress line
+    require_ray(ray_address, actors, shard_rows, ship_bundle)
+    if ray_address is not None:
+        run_on_ray("text", all_texts, bundle, output, ray_address, actors, shard_rows, ship_bundle,
+                   batch_size=batch_size, provider=provider, precision=precision, threads=threads,
+                   normalize=not no_normalize, overwrite=overwrite)
+        return
     encoder = load_encoder(bundle, provider, precision, threads)
     options = EmbedOptions(batch_size=batch_size, normalize=not no_normalize, overwrite=overwrite)
     report = embed_texts_to_file(encoder, all_texts, output, options)

@@ -10,9 +10,11 @@ applications can share. The tables live in their own PostgreSQL schema, ``altcli
 in one transaction under an advisory lock, so two runs starting at once do not both create it:
 
 - ``images``: one row per file (``path`` unique, ``size``, ``mtime_ns``, ``digest``) and its unit-length
-  ``embedding vector(D)``; an HNSW index with ``vector_cosine_ops`` searches it, and a B-tree on
-  ``digest`` finds moved and copied files. ``D`` is set by the first rows added (the column is created
-  without it, since no dimension is known before a model has run).
+  ``embedding vector(D)``, with a B-tree on ``digest`` (moved and copied files) and an HNSW index with
+  ``vector_cosine_ops`` for search. ``D`` is set by the first rows added (no dimension is known before a
+  model has run), and the HNSW index is built over the rows there are when that first run flushes: one
+  build is many times faster than inserting each row into the graph (10k rows: seconds instead of over a
+  minute); from then on PostgreSQL adds every new row to it. Until it exists, searches scan exactly.
 - ``model``: the one bundle that made the index (its identity: fingerprint, variant, source, dimension;
   where it was; the image tower's precision). Recording another model's identity is refused, here in the
   database, so two runs started with different bundles cannot mix vectors.
@@ -23,8 +25,7 @@ in one transaction under an advisory lock, so two runs starting at once do not b
 path (``INSERT ... ON CONFLICT``), in path order, so several writers at once neither duplicate nor lose
 rows and do not deadlock on each other; a transaction that still loses a deadlock or serialization race
 is retried. A row keeps its id while its vector is unchanged and gets a new one when it changes, as in
-the embedded store. The HNSW index is maintained by PostgreSQL in the same transactions: there is
-nothing to flush.
+the embedded store. Once built, the HNSW index is maintained by PostgreSQL in the same transactions.
 
 **Search** asks the HNSW index for candidates (``hnsw.ef_search`` at least the number asked for, since
 pgvector returns no more than that), with their stored float32 vectors for exact re-ranking by the caller.
@@ -61,6 +62,7 @@ _T = TypeVar("_T")
 _RETRIES = 5
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MODEL_KEYS = ("model", "bundle", "precision")
+HNSW_INDEX = "images_embedding_hnsw"
 _ADVISORY_KEY = 0x616C7463  # "altc": serializes schema changes between processes (per schema, see _lock_key)
 
 
@@ -69,9 +71,10 @@ class HnswOptions:
     """pgvector's HNSW settings. ``m`` links per node and ``ef_construction`` are fixed when the index is
     built; ``ef_search`` is per query (raised to the number of candidates asked for when that is larger)."""
 
-    m: int = 16
+    m: int = 32  # vs 16: recall@10 at 100k structured vectors 0.875 -> 0.983 (ef_search 200); build 2.3x longer
     ef_construction: int = 128
-    ef_search: int = 100
+    ef_search: int = 200  # 100k: recall@10 0.917 at 100, 0.964 at 150, 0.983 at 200, 0.996 at 300 (m 32)
+    build_memory: str = "1GB"  # maintenance_work_mem while building: the graph must fit, or the build crawls
 
 
 # --- migrations -------------------------------------------------------------------------------------
@@ -150,6 +153,7 @@ class PostgresStore:
         self._dim: int | None = None
         self._ef: int | None = None
         self._db: Any = None
+        self._wrote = False
         self._db = self._connect(conninfo)
         try:
             version = self._version()
@@ -356,6 +360,7 @@ class PostgresStore:
                 "embedding = EXCLUDED.embedding")
 
         self._transaction(write)
+        self._wrote = True
 
     def delete(self, paths: Iterable[str]) -> int:
         paths = sorted(set(paths), key=lambda p: p.encode("utf-8", "surrogateescape"))
@@ -440,29 +445,36 @@ class PostgresStore:
                               f"IN SCHEMA {self.schema} TO {self._user()};'")
 
     def flush(self) -> None:
-        """Nothing to write: PostgreSQL keeps the HNSW index in step with every committed transaction."""
+        """Build the HNSW index after the first rows; after that there is nothing to do here (PostgreSQL
+        keeps the index in step with every committed transaction)."""
+        if self._wrote:
+            self._build_hnsw()
+            self._wrote = False
 
     def close(self) -> None:
+        """Flush, then close the connection."""
         if self._db is not None:
-            self._db.close()
+            try:
+                self.flush()
+            finally:
+                self._db.close()
             self._db = None
 
     def _check_dim(self, dim: int) -> None:
-        """The first rows set the vector column's dimension and build the HNSW index on it."""
+        """The first rows set the vector column's dimension (the HNSW index comes with the first flush)."""
         if self.dim is not None:
             if dim != self.dim:
                 raise StoreError(f"{self.name}: holds {self.dim}-d vectors, not {dim}-d")
             return
-        o = self.options
 
         def create() -> None:
             row = self._db.execute(f"SELECT value FROM {self._q}.info WHERE key = 'embedding_dim'").fetchone()
             if row is not None:  # another writer got here first
                 return
             self._db.execute(f"ALTER TABLE {self._q}.images ALTER COLUMN embedding TYPE vector({int(dim)})")
-            self._db.execute(f"CREATE INDEX images_embedding_hnsw ON {self._q}.images USING hnsw "
-                             f"(embedding vector_cosine_ops) WITH (m = {int(o.m)}, "
-                             f"ef_construction = {int(o.ef_construction)})")
+            # Inline in the row (a 768-d vector is 3 KB, over the 2 KB at which PostgreSQL would move it to a
+            # TOAST table): a search reads each candidate's vector with its row, not through a second index.
+            self._db.execute(f"ALTER TABLE {self._q}.images ALTER COLUMN embedding SET STORAGE PLAIN")
             self._db.execute(f"INSERT INTO {self._q}.info (key, value) VALUES ('embedding_dim', %s)",
                              (json.dumps(dim),))
 
@@ -471,6 +483,30 @@ class PostgresStore:
         self._dim = None
         if self.dim != dim:
             raise StoreError(f"{self.name}: holds {self.dim}-d vectors, not {dim}-d")
+
+    def _build_hnsw(self) -> None:
+        """Build the HNSW index over the rows there are, if there is none yet. Done once, after the first
+        rows (one build is many times faster than inserting the same rows into a graph one by one); from
+        then on PostgreSQL adds every row to it as it is written. Until then searches are exact scans."""
+        if self.dim is None or self._has_hnsw():
+            return
+        o = self.options
+
+        def build() -> None:
+            if self._has_hnsw():  # another writer built it while this one waited for the lock
+                return
+            log.info("%s: building the HNSW index over %d rows", self.name, len(self))
+            self._db.execute(f"SET LOCAL maintenance_work_mem = '{o.build_memory}'")
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON {self._q}.images USING hnsw "
+                             f"(embedding vector_cosine_ops) WITH (m = {int(o.m)}, "
+                             f"ef_construction = {int(o.ef_construction)})")
+
+        with self._schema_lock():
+            self._transaction(build)
+        self._db.execute(f"ANALYZE {self._q}.images")
+
+    def _has_hnsw(self) -> bool:
+        return self._one("SELECT to_regclass(%s)", (f"{self._q}.{HNSW_INDEX}",))[0] is not None
 
     @contextlib.contextmanager
     def _schema_lock(self) -> Iterator[None]:
