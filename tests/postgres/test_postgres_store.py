@@ -307,3 +307,23 @@ def test_without_the_postgres_extra_the_error_says_how_to_install_it(pg_uri: str
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'altclip-onnx\[postgres\]'"):
         Index.open(pg_uri, create=True)
+
+
+def test_the_hnsw_index_is_built_by_a_finished_run_not_on_the_way_out_of_ctrl_c(pg_server: PgServer,
+                                                                                pg_uri: str) -> None:
+    database = pg_uri.rsplit("/", 1)[1]
+
+    def hnsw() -> list:
+        return pg_server.sql("SELECT indexname FROM pg_indexes WHERE indexname = 'images_embedding_hnsw'", database)
+
+    store = open_store(pg_uri, create=True)
+    fill(store, low_rank(50, dim=8))
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            store.flush()  # as Index.update flushes on Ctrl-C: building could take minutes, so it waits
+    assert hnsw() == []
+    with Index(store) as index:  # meanwhile searches scan exactly
+        assert index.search_vector(low_rank(50, dim=8)[3], 1)[0].path == "/v/00003"
+    assert hnsw() == [("images_embedding_hnsw",)]  # closing (a finished run) built it

@@ -38,8 +38,8 @@ def ray_options(func: Any) -> Any:
     func = click.option("--shard-rows", type=click.IntRange(1), default=None, metavar="N",
                         help="With --ray: inputs per Parquet shard, the unit of resuming [default: 1000].")(func)
     func = click.option("--actors", type=click.IntRange(1), default=None, metavar="N",
-                        help="With --ray: model replicas, each with --threads threads [default: the cluster's "
-                             "CPUs / --threads].")(func)
+                        help="With --ray: model replicas, each with --threads onnxruntime threads (1 unless given) "
+                             "and --workers decoding threads [default: the cluster's CPUs / --threads].")(func)
     return click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
                         metavar="[auto|ADDRESS]",
                         help="Run on Ray: 'auto' (RAY_ADDRESS, else a cluster running here, else a local one) or "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import MANIFEST, TEXTUAL, TOKENIZER, VISUAL, read_manifest, verify_files
+from ..bundle import MANIFEST, TEXTUAL, VISUAL, read_manifest, verify_files
 from ..errors import AltclipOnnxError, BundleError, InputError, Interrupted, MissingDependencyError, one_line
 from ..runtime.encoder import Encoder
 from ..runtime.pipeline import TEXT_BATCH_SIZE, Failure
@@ -290,7 +290,7 @@ def run(kind: str, items: Sequence[str], bundle: str | os.PathLike[str], output:
                 embedded = _gather(out, results, failures, progress)
         out.finish()
     except KeyboardInterrupt as exc:
-        done = out.shards - len([i for i in range(out.shards) if not out._finished(i)])
+        done = out.shards - len([i for i in range(out.shards) if not out.finished(i)])
         raise Interrupted(f"interrupted; {done} of {out.shards} shards are finished in {out.folder}: rerun the same "
                           "command to continue") from exc
     except AltclipOnnxError:
@@ -329,6 +329,8 @@ def _dataset(ray: Any, out: ShardFolder, todo: list[int], items: Sequence[str], 
 
 def _gather(out: ShardFolder, results: Any, failures: list[Failure], progress: Progress) -> int:
     """Collect rows per shard as blocks come back; write each shard once it is complete."""
+    import pyarrow.compute as pc
+
     ray = _ray()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -343,7 +345,7 @@ def _gather(out: ShardFolder, results: Any, failures: list[Failure], progress: P
         progress.update(len(items))
         shards = np.asarray(table.column("shard").to_numpy())
         for shard in np.unique(shards):
-            part = table.filter(pa_equal(table, int(shard)))
+            part = table.filter(pc.equal(table.column("shard"), int(shard)))
             pending.setdefault(int(shard), []).append(part)
             counts[int(shard)] = counts.get(int(shard), 0) + part.num_rows
             start, stop = out.shard_range(int(shard))
@@ -352,12 +354,6 @@ def _gather(out: ShardFolder, results: Any, failures: list[Failure], progress: P
     if pending:
         raise RuntimeError(f"shards {sorted(pending)} came back incomplete")  # a bug, not input
     return embedded
-
-
-def pa_equal(table: Any, shard: int) -> Any:
-    import pyarrow.compute as pc
-
-    return pc.equal(table.column("shard"), shard)
 
 
 def _write_shard(out: ShardFolder, shard: int, parts: list[Any]) -> None:

@@ -115,7 +115,7 @@ class ShardFolder:
             for stale in self.folder.glob(".*.part"):  # temp files of shards that were being written
                 stale.unlink()
             write_json(plan_path, self._plan(complete=False))
-            return [i for i in range(self.shards) if not self._finished(i)]
+            return [i for i in range(self.shards) if not self.finished(i)]
         except BaseException:
             self.close()
             raise
@@ -140,7 +140,8 @@ class ShardFolder:
             raise OutputError(f"{self.folder}: holds a run with other {what}; rerun with the same inputs and "
                               "options to continue it, or pass --overwrite to start over")
 
-    def _finished(self, index: int) -> bool:
+    def finished(self, index: int) -> bool:
+        """Whether shard ``index`` is in the folder, whole."""
         path = self.folder / shard_name(index)
         if not path.is_file():
             return False

@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -341,7 +342,7 @@ class PostgresStore:
         rows = [(entries[i].path, entries[i].size, entries[i].mtime_ns, entries[i].digest, vectors[i]) for i in order]
 
         def write() -> None:
-            self._db.execute(f"CREATE TEMP TABLE IF NOT EXISTS altclip_staging (path text COLLATE \"C\", "
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS altclip_staging (path text COLLATE \"C\", "
                              "size bigint, mtime_ns bigint, digest text, embedding vector) ON COMMIT DELETE ROWS")
             cursor = self._cursor()
             with cursor.copy("COPY altclip_staging (path, size, mtime_ns, digest, embedding) FROM STDIN "
@@ -448,6 +449,9 @@ class PostgresStore:
         """Build the HNSW index after the first rows; after that there is nothing to do here (PostgreSQL
         keeps the index in step with every committed transaction)."""
         if self._wrote:
+            if isinstance(sys.exc_info()[1], KeyboardInterrupt):  # flushed on the way out of Ctrl-C: the build
+                log.info("%s: the HNSW index will be built by the next run", self.name)  # can take minutes
+                return
             self._build_hnsw()
             self._wrote = False
 
