@@ -194,3 +194,20 @@ def test_ray_options_without_ray_are_a_usage_error(tmp_path: Path, tiny_bundle: 
     assert result.exit_code == 2 and "--actors only apply with --ray" in result.output
     with pytest.raises(AltclipOnnxError, match="no images to embed"):
         run("image", [], tiny_bundle, tmp_path / "o.parquet", RayOptions())
+
+
+def test_uris_are_kept_in_order_and_read_through_pyarrow(tmp_path: Path, photos: Path, tiny_bundle: Path) -> None:
+    from altclip_onnx.distributed import expand_inputs
+    from altclip_onnx.distributed.ray_run import _Embedder
+
+    uri = (photos / "more" / "astronaut.jpg").as_uri()  # file:///...: any scheme pyarrow knows (s3://, gs://, ...)
+    items = expand_inputs([photos / "more", "s3://bucket/a.jpg", uri])
+    assert items[-2:] == ["s3://bucket/a.jpg", uri] and items[0].endswith("astronaut.jpg")
+    actor = _Embedder("image", str(tiny_bundle), None, "fp32", "cpu", 1, 1, 2, False, True)
+    pyarrow = pytest.importorskip("pyarrow")
+    batch = pyarrow.table({"shard": [0, 0, 0], "row": [0, 1, 2],
+                           "item": [uri, str(photos / "more" / "astronaut.jpg"), uri + ".missing"]})
+    out = actor(batch)
+    rows = np.asarray(out.column("embedding").combine_chunks().values).reshape(3, -1)
+    np.testing.assert_allclose(rows[0], rows[1], atol=1e-6)  # the same bytes, by URI and by path
+    assert out.column("error").to_pylist()[:2] == [None, None] and "cannot read it" in out.column("error")[2].as_py()

@@ -83,7 +83,7 @@ def summary(report: Any, what: str) -> str:
 
 @main.command()
 @bundle_argument
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path())  # text: an s3:// URI (with --ray) must keep its //
 @output_option("paths.txt")
 @click.option("--from-file", metavar="LIST", help="Images or folders, one per line ('-': standard input).")
 @batch_options(8)
@@ -93,7 +93,7 @@ def summary(report: Any, what: str) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @ray_options
 @friendly_errors
-def embed(bundle: str, paths: tuple[Path, ...], output: Path, from_file: str | None, batch_size: int,
+def embed(bundle: str, paths: tuple[str, ...], output: Path, from_file: str | None, batch_size: int,
           workers: int, provider: str | None, precision: str, threads: int | None, draft: bool,
           no_normalize: bool, overwrite: bool, ray_address: str | None, actors: int | None,
           shard_rows: int | None, ship_bundle: bool) -> None:
@@ -111,7 +111,11 @@ def embed(bundle: str, paths: tuple[Path, ...], output: Path, from_file: str | N
         raise click.UsageError("give at least one PATH or --from-file")
     require_ray(ray_address, actors, shard_rows, ship_bundle)
     if ray_address is not None:
-        files = [str(p) for p in iter_image_files(paths, from_file=line_source(from_file) if from_file else None)]
+        from ..distributed import expand_inputs
+        from ..runtime.pipeline import iter_lines
+
+        listed = list(iter_lines(line_source(from_file))) if from_file else []
+        files = expand_inputs([*paths, *listed])
         run_on_ray("image", files, bundle, output, ray_address, actors, shard_rows, ship_bundle,
                    batch_size=batch_size, workers=workers, provider=provider, precision=precision, threads=threads,
                    draft=draft, normalize=not no_normalize, overwrite=overwrite)

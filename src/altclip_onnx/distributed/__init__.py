@@ -36,7 +36,7 @@ from typing import Any
 from .ray_run import RayOptions, ShardReport, connect
 from .shards import read_shards
 
-__all__ = ["RayOptions", "ShardReport", "connect", "embed_images", "embed_texts", "read_shards"]
+__all__ = ["RayOptions", "ShardReport", "connect", "embed_images", "embed_texts", "expand_inputs", "read_shards"]
 
 
 def embed_images(
@@ -49,8 +49,7 @@ def embed_images(
 
     ``inputs``: a path, folder or URI, an iterable of them, or a Ray Dataset with a ``path`` column.
     """
-    from ..runtime.pipeline import iter_image_files
-    from .ray_run import _is_uri, run
+    from .ray_run import run
 
     if hasattr(inputs, "select_columns") and hasattr(inputs, "take_all"):  # a Ray Dataset: its order, kept
         from ray.data import DataContext
@@ -62,21 +61,29 @@ def embed_images(
         finally:
             options_.preserve_order = kept
     else:
-        if isinstance(inputs, (str, os.PathLike)):
-            inputs = [inputs]
-        items = []
-        local: list[str] = []
-        for item in inputs:
-            name = os.fsdecode(item)
-            if _is_uri(name):
-                items += [os.fsdecode(p) for p in iter_image_files(local)] if local else []
-                local = []
-                items.append(name)
-            else:
-                local.append(name)
-        if local:
-            items += [os.fsdecode(p) for p in iter_image_files(local)]
+        items = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     return run("image", items, bundle, output, options)
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Image files in order: folders walked (:func:`~altclip_onnx.runtime.pipeline.iter_image_files`), files
+    and URIs (``s3://...``, read by the workers through pyarrow) kept as given."""
+    from ..runtime.pipeline import iter_image_files
+    from .ray_run import _is_uri
+
+    items: list[str] = []
+    local: list[str] = []
+    for item in inputs:
+        name = os.fsdecode(item)
+        if _is_uri(name):
+            items += [os.fsdecode(p) for p in iter_image_files(local)] if local else []
+            local = []
+            items.append(name)
+        else:
+            local.append(name)
+    if local or not items:
+        items += [os.fsdecode(p) for p in iter_image_files(local)]
+    return items
 
 
 def embed_texts(

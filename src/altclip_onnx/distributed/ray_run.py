@@ -165,8 +165,9 @@ class _Embedder:
 
 
 def _is_uri(item: str) -> bool:
+    """``scheme://...`` (s3, gs, hdfs, file, ...): read through pyarrow's filesystems, not as a local path."""
     head, sep, _ = item.partition("://")
-    return bool(sep) and head.isalnum() and head.lower() != "file"
+    return bool(sep) and head.isalnum()
 
 
 def _read_uri(uri: str) -> bytes:
