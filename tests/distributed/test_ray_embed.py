@@ -211,3 +211,15 @@ def test_uris_are_kept_in_order_and_read_through_pyarrow(tmp_path: Path, photos:
     rows = np.asarray(out.column("embedding").combine_chunks().values).reshape(3, -1)
     np.testing.assert_allclose(rows[0], rows[1], atol=1e-6)  # the same bytes, by URI and by path
     assert out.column("error").to_pylist()[:2] == [None, None] and "cannot read it" in out.column("error")[2].as_py()
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line_in_seconds(tmp_path: Path, photos: Path,
+                                                                     tiny_bundle: Path) -> None:
+    from .conftest import free_port
+
+    done = cli("embed", tiny_bundle, photos, "-o", tmp_path / "out.parquet", "--ray", f"127.0.0.1:{free_port()}",
+               timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --ray 127.0.0.1:") and "nothing answers there" in lines[0]
+    assert "ray start --head" in lines[0]

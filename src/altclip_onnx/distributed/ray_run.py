@@ -240,6 +240,7 @@ def connect(address: str = AUTO) -> Any:
     for name in ("ray.data", "ray.data._internal"):  # Ray Data's execution plans and progress lines: our own
         logging.getLogger(name).setLevel(logging.WARNING)  # progress line says how far the run is
     if not ray.is_initialized():
+        _probe(address)
         try:
             ray.init(address=None if address == AUTO else address, log_to_driver=False,
                      logging_level=logging.WARNING, configure_logging=True)
@@ -249,6 +250,23 @@ def connect(address: str = AUTO) -> Any:
         except Exception as exc:
             raise AltclipOnnxError(f"--ray {address}: cannot start or join Ray ({one_line(exc)})") from exc
     return ray
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds, not minutes (Ray retries for long), when nothing listens at a HOST:PORT address."""
+    import socket
+
+    if address == AUTO or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=10):
+            return
+    except ValueError:
+        return  # not HOST:PORT: Ray says what is wrong with it
+    except OSError as exc:
+        raise AltclipOnnxError(f"--ray {address}: nothing answers there ({exc.strerror or one_line(exc)}); start a "
+                               "cluster with 'ray start --head' and give its HOST:PORT, or use --ray auto") from exc
 
 
 def run(kind: str, items: Sequence[str], bundle: str | os.PathLike[str], output: str | os.PathLike[str],
