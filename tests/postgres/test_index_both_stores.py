@@ -292,3 +292,39 @@ def test_searching_where_there_is_no_index_says_how_to_build_one(db: str) -> Non
     missing = run_cli("search", "--db", db, QUERY)
     assert missing.exit_code == 1 and "no index here" in missing.stderr
     assert f"--db {describe_db(db)}" in missing.stderr
+
+
+def test_serve_searches_a_postgres_index(pg_uri: str, library: Path, tiny_bundle: Path) -> None:
+    """`serve --db postgresql://...` opens the same index through Index.open (the [serve] extra)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    for module in ("starlette", "uvicorn", "multipart", "prometheus_client"):
+        pytest.importorskip(module, reason="serve needs the [serve] extra")
+    from .server import free_port
+
+    assert run_cli("index", tiny_bundle, library, "--db", pg_uri, "--precision", "fp32").exit_code == 0
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "altclip_onnx.cli", "serve", str(tiny_bundle), "--db", pg_uri,
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()  # type: ignore[union-attr]
+                time.sleep(0.3)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/search", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"query": QUERY, "k": 3}).encode())
+        found = json.loads(urllib.request.urlopen(request, timeout=30).read())["data"]
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    with Index.open(pg_uri) as index:
+        expected = index.search_text(Encoder(tiny_bundle, provider="cpu", precision="fp32"), QUERY, k=3)
+    assert [hit["path"] for hit in found] == [hit.path for hit in expected], output
+    assert ":***@" in output and "s3cret" not in output  # the URI in its log line, without the password
