@@ -52,14 +52,9 @@ def embed_images(
     from .ray_run import run
 
     if hasattr(inputs, "select_columns") and hasattr(inputs, "take_all"):  # a Ray Dataset: its order, kept
-        from ray.data import DataContext
-
-        options_ = DataContext.get_current().execution_options
-        kept, options_.preserve_order = options_.preserve_order, True
-        try:
-            items = [str(row["path"]) for row in inputs.select_columns(["path"]).take_all()]
-        finally:
-            options_.preserve_order = kept
+        paths = inputs.select_columns(["path"])
+        paths.context.execution_options.preserve_order = True  # this dataset's own settings, not the global ones
+        items = [str(row["path"]) for row in paths.iter_rows()]
     else:
         items = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     return run("image", items, bundle, output, options)
