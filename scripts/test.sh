@@ -1,25 +1,46 @@
 #!/usr/bin/env bash
 # Run the whole test suite, setting up what it needs. Extra arguments go to pytest (e.g. -k search -x).
 #
+# 0. System packages the service and client tests drive (Debian's chromium for the page, Node and npm for
+#    transformers.js): installed with apt-get when missing and this runs as root; otherwise those tests skip
+#    locally and fail under CI (CI=true), where a skip would hide a missing install step.
 # 1. .venv (export side and everything): build the test fixture once (tiny checkpoints, a tiny bundle and
-#    the PyTorch/transformers reference; python -m tests.fixture), then run every test against it.
+#    the PyTorch/transformers reference; python -m tests.fixture), then run every test against it. The
+#    tests start their own servers: the service on a loopback port, PostgreSQL from the pgserver wheel, a
+#    Ray cluster on 127.0.0.1.
 # 2. .venv-runtime (the runtime half and the test tools only: no torch, transformers, onnx or
-#    sentencepiece, as runtime users have it): run tests/runtime again against the same fixture.
+#    sentencepiece, as runtime users have it): run tests/runtime and the Hub tests again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=export,parquet,search,bench,test VENV=.venv source scripts/venv.sh
-EXTRAS=parquet,search,test VENV=.venv-runtime source scripts/venv.sh
+
+missing=()
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium fonts-wqy-microhei)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "installing ${missing[*]} with apt-get"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "not installed: ${missing[*]} (the tests that need them are skipped)" >&2
+    fi
+fi
+
+EXTRAS=export,convert,parquet,search,bench,serve,hub,openvino,distributed,postgres,test,test-services VENV=.venv source scripts/venv.sh
+EXTRAS=parquet,search,hub,test VENV=.venv-runtime source scripts/venv.sh
+
+case "${CI:-}" in 1|true|yes) export ALTCLIP_REQUIRE_CLIENTS=1 ;; esac
 
 fixture=build/test-fixture
 rm -rf "$fixture"
 echo "building the test fixture in $fixture"
 .venv/bin/python -m tests.fixture "$fixture" >/dev/null
 
-echo "== all tests (.venv: export and runtime)"
+echo "== all tests (.venv: export, runtime, service, convert, distributed, postgres)"
 ALTCLIP_TEST_FIXTURE="$fixture" .venv/bin/python -m pytest "$@"
 
-echo "== runtime tests without torch, transformers, onnx or sentencepiece (.venv-runtime)"
+echo "== runtime and Hub tests without torch, transformers, onnx or sentencepiece (.venv-runtime)"
 status=0
-ALTCLIP_TEST_FIXTURE="$fixture" ALTCLIP_RUNTIME_ONLY=1 .venv-runtime/bin/python -m pytest tests/runtime "$@" || status=$?
+ALTCLIP_TEST_FIXTURE="$fixture" ALTCLIP_RUNTIME_ONLY=1 .venv-runtime/bin/python -m pytest tests/runtime tests/convert/test_hub.py "$@" || status=$?
 # 5: the arguments selected no runtime test (e.g. -k export), which is fine here.
 if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then exit "$status"; fi

@@ -17,7 +17,10 @@ from altclip_onnx.precisions import PRECISIONS
 from ..cases import PARITY_TEXTS
 from ..reference import Reference
 
-ov = pytest.importorskip("openvino")
+from ..conftest import require_module
+
+require_module("openvino", "the OpenVINO tests need openvino: pip install -e '.[openvino]'")
+import openvino as ov  # noqa: E402
 
 FP32_MIN_COSINE = 0.99999
 CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}  # else CPUs with bf16 (this one has AVX-512 BF16) run bf16

@@ -32,8 +32,10 @@ LOOPBACK_AND_TOKEN = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE":
 os.environ.update(LOOPBACK_AND_TOKEN)
 os.environ.pop("RAY_ADDRESS", None)
 
-pytest.importorskip("ray.data", reason="the distributed tests need Ray Data: pip install -e '.[distributed]'")
-pytest.importorskip("pyarrow", reason="the distributed tests need pyarrow: pip install -e '.[distributed]'")
+from ..conftest import require_module  # noqa: E402
+
+require_module("ray.data", "the distributed tests need Ray Data: pip install -e '.[distributed]'")
+require_module("pyarrow", "the distributed tests need pyarrow: pip install -e '.[distributed]'")
 
 RAY = Path(sys.executable).with_name("ray")
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("psycopg", reason="the PostgreSQL tests need psycopg: pip install -e '.[postgres]'")
-pytest.importorskip("pgserver", reason="the PostgreSQL tests need pgserver: pip install -e '.[test-services]'")
+from ..conftest import require_module  # noqa: E402
+
+require_module("psycopg", "the PostgreSQL tests need psycopg: pip install -e '.[postgres]'")
+require_module("pgserver", "the PostgreSQL tests need pgserver: pip install -e '.[test-services]'")
 
 from .server import PgServer  # noqa: E402
 

@@ -12,8 +12,8 @@ import altclip_onnx
 from altclip_onnx.cli import main
 from altclip_onnx.cli.app import display_width, table
 
-COMMANDS = ["bench", "classify", "doctor", "embed", "embed-text", "evaluate", "export", "fewshot build", "index",
-            "search", "verify"]
+COMMANDS = ["bench", "classify", "convert", "doctor", "embed", "embed-text", "evaluate", "export", "fewshot build",
+            "index", "push", "search", "serve", "verify"]
 
 
 def run(*args: object, env: dict | None = None, input: str | None = None):  # type: ignore[no-untyped-def]

@@ -32,14 +32,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ..conftest import missing as fail_or_skip
+
 
 
 def missing(what: str, fix: str) -> None:
     """Skip what needs ``what``; under CI (CI=true), fail instead: there a skip would hide a missing install step."""
-    message = f"the service tests need {what}: {fix}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message, allow_module_level=True)
+    fail_or_skip(f"the service tests need {what}: {fix}")
 
 
 for _module in ("starlette", "uvicorn", "prometheus_client", "httpx", "skimage", "usearch"):
