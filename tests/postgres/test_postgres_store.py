@@ -19,7 +19,8 @@ from altclip_onnx.cli import main
 from altclip_onnx.errors import MissingDependencyError, OutputError, StoreError
 from altclip_onnx.search import Hit, Index
 from altclip_onnx.search.store import Entry, VectorStore, open_store
-from altclip_onnx.search.store.postgres import SCHEMA_VERSION, PostgresStore, describe_uri
+from altclip_onnx.search.store import describe_db
+from altclip_onnx.search.store.postgres import SCHEMA_VERSION, PostgresStore
 
 from .server import PASSWORD, PgServer, free_port, pginstall_without_vector
 
@@ -247,7 +248,7 @@ def test_a_wrong_password_is_one_line_that_never_shows_the_password(pg_server: P
     line = one_error_line(run_cli("index", tiny_bundle, tmp_path, "--db", wrong.replace(
         "postgresql://postgres:not-the-Pw@", "postgres://postgres@") + "?password=not-the-Pw"))
     assert "not-the-Pw" not in line and "password=***" in line
-    assert describe_uri("postgresql://u:p@h/d?sslmode=require&password=p") == \
+    assert describe_db("postgresql://u:p@h/d?sslmode=require&password=p") == \
         "postgresql://u:***@h/d?sslmode=require&password=***"
 
 
@@ -269,7 +270,7 @@ def test_socket_uris_and_the_postgres_scheme_work(pg_server: PgServer, pg_uri: s
     store.close()
     alias = pg_uri.replace("postgresql://", "postgres://")
     with Index.open(alias) as index:
-        assert len(index) == 5 and index.name == describe_uri(alias)
+        assert len(index) == 5 and index.name == describe_db(alias)
 
 
 def test_a_server_without_pgvector_says_to_install_it(tmp_path: Path, tiny_bundle: Path) -> None:

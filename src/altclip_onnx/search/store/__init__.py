@@ -36,5 +36,6 @@ def open_store(db: str | os.PathLike[str], *, create: bool = False) -> VectorSto
 
 
 def describe_db(db: str | os.PathLike[str]) -> str:
-    """``db`` for messages: a URI without its password."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", os.fsdecode(db))
+    """``db`` for messages: a URI without its password, neither ``user:PASSWORD@`` nor libpq's ``?password=``."""
+    text = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?]*):[^@/?]*@", r"\1:***@", os.fsdecode(db))
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", text)

@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from ...errors import MissingDependencyError, OutputError, StoreError
+from . import describe_db
 from .base import Entry
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,6 @@ def _psycopg() -> Any:
     return psycopg
 
 
-def describe_uri(uri: str) -> str:
-    """``uri`` for messages: no password, neither ``user:PASSWORD@`` nor ``?password=``."""
-    text = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?]*):[^@/?]*@", r"\1:***@", uri)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", text)
-
-
 def split_uri(uri: str) -> tuple[str, str]:
     """(the URI libpq gets, the schema): ``?schema=NAME`` is ours, not libpq's, so it is taken out."""
     parts = urlsplit(uri)
@@ -130,7 +125,7 @@ def split_uri(uri: str) -> tuple[str, str]:
     schemas = [value for key, value in query if key == "schema"]
     schema = schemas[-1] if schemas else DEFAULT_SCHEMA
     if not _IDENTIFIER.match(schema):
-        raise StoreError(f"{describe_uri(uri)}: schema {schema!r} is not a plain lower-case SQL name "
+        raise StoreError(f"{describe_db(uri)}: schema {schema!r} is not a plain lower-case SQL name "
                          "(letters, digits and _); choose another ?schema=")
     rest = urlencode([(key, value) for key, value in query if key != "schema"])
     return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
@@ -147,7 +142,7 @@ class PostgresStore:
                  options: HnswOptions = HnswOptions()) -> None:
         self._pg = _psycopg()
         self.uri = os.fsdecode(uri)
-        self.name = describe_uri(self.uri)
+        self.name = describe_db(self.uri)
         self.options = options
         conninfo, self.schema = split_uri(self.uri)
         self._q = f'"{self.schema}"'  # quoted: a valid identifier by split_uri
@@ -443,7 +438,8 @@ class PostgresStore:
         if not allowed:
             raise OutputError(f"{self.name}: {self._user()} may read this index but not write it; connect as a role "
                               f"that may, or ask an administrator to run 'GRANT INSERT, UPDATE, DELETE ON ALL TABLES "
-                              f"IN SCHEMA {self.schema} TO {self._user()};'")
+                              f"IN SCHEMA {self.schema} TO {self._user()}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA "
+                              f"{self.schema} TO {self._user()};'")
 
     def flush(self) -> None:
         """Build the HNSW index after the first rows; after that there is nothing to do here (PostgreSQL
