@@ -51,7 +51,7 @@ class RayOptions:
     address: str = AUTO
     actors: int | None = None
     threads: int = 1
-    workers: int = 1
+    workers: int = 2  # as the command line's --workers
     batch_size: int | None = None
     shard_rows: int = 1000
     ship_bundle: bool = False
