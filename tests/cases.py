@@ -105,10 +105,6 @@ ODD_TEXTS = [
 TOKEN_TEXTS = list(NEW_SENTENCES.values()) + list(SENTENCES.values()) + ODD_TEXTS
 PARITY_TEXTS = list(NEW_SENTENCES.values()) + list(SENTENCES.values())  # 36: batches 1, 3 and 32 all split it
 LONG_TEXT = " ".join(NEW_SENTENCES.values()) + " " + " ".join(SENTENCES.values())
-
-TOKEN_TEXTS = list(NEW_SENTENCES.values()) + list(SENTENCES.values()) + ODD_TEXTS
-PARITY_TEXTS = list(NEW_SENTENCES.values()) + list(SENTENCES.values())  # 36: batches 1, 3 and 32 all split it
-LONG_TEXT = " ".join(NEW_SENTENCES.values()) + " " + " ".join(SENTENCES.values())
 # Where transformers 5 (what AltCLIPModel users run) and raw sentencepiece differ; the bundle follows transformers.
 DIFFERING_TEXTS = ("a\x85b", "<mask> and <s> and </s>", "a <pad> b")
 ODD_PARITY_TEXTS = ODD_TEXTS[:6] + ["", "   ", LONG_TEXT]
