@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per batch size and tower, at most")
     parser.add_argument("--work-dir", type=Path, help="keep the exported graphs here (default: a temp folder)")
     parser.add_argument("--explore", action="store_true",
-                        help="also time an alternative int8 recipe (attention left unfused, MatMul quantized)")
+                        help="also time onnxruntime's per-tensor dynamic int8 of the fully fused graph (QAttention)")
     parser.add_argument("-o", "--output", type=Path, default=Path("bench-out"))
     args = parser.parse_args()
 
@@ -45,7 +45,7 @@ def main() -> None:
 
     from altclip_onnx.bundle import TOWER_INPUTS, VISUAL
     from altclip_onnx.export import graphs, towers
-    from altclip_onnx.export.quantize import Int8Recipe, quantize_int8
+    from altclip_onnx.export.quantize import quantize_dynamic_int8
     from altclip_onnx.export.sources import load_model, resolve_source
     from altclip_onnx.export.variants import make_variants
     from altclip_onnx.runtime import bench
@@ -84,7 +84,7 @@ def main() -> None:
         say(f"exporting the plain {tower} graph")
         plain = towers.export_tower(model, tower, work / tower / "plain" / "model.onnx")[0]
         say(f"plain dynamic int8 of the {tower} tower")
-        plain_int8 = quantize_int8(plain, work / tower / "plain" / "model.int8.onnx", Int8Recipe(op_types=("MatMul",)))[0]
+        plain_int8 = quantize_dynamic_int8(plain, work / tower / "plain" / "model.int8.onnx")[0]
         # Exactly what the export writes (export.variants.RECIPES), from the same plain graph.
         ours = make_variants([plain, *plain.parent.glob("model.onnx.data")], tower,
                              ("fp32", "int8", *(("fp16",) if gpu else ())), work / tower / "ours",
@@ -92,8 +92,8 @@ def main() -> None:
         variants = {"plain export fp32": plain, "plain dynamic int8": plain_int8, "ours fp32": ours["fp32"][0],
                   "ours int8": ours["int8"][0]}
         if args.explore:
-            variants["dynamic int8 of the fully fused graph"] = quantize_int8(
-                ours["fp32"][0], work / tower / "fused" / "model.int8.onnx")[0]
+            variants["dynamic int8 of the fully fused graph"] = quantize_dynamic_int8(
+                ours["fp32"][0], work / tower / "fused" / "model.int8.onnx", op_types=("MatMul", "Attention"))[0]
         if gpu:
             variants["ours fp16"] = ours["fp16"][0]
         for name, path in variants.items():

@@ -57,7 +57,7 @@ def test_manifest_records_accuracy_sizes_and_fusions(tiny_bundle: Path) -> None:
         assert fp32.get("LayerNormalization", 0) > 0
         assert fp32.get("QuickGelu" if tower == VISUAL else "BiasGelu", 0) == 2
         int8 = variants["int8"].fused_ops
-        assert int8.get("MatMulInteger", 0) > 0  # quantized projections
+        assert int8.get("MatMulIntegerToFloat", 0) > 0  # quantized projections (per-row, export.quantize)
         # The text tower's int8 keeps the fused GELU (see export.variants.RECIPES); the image tower's is unfused.
         assert int8.get("BiasGelu", 0) == (2 if tower == TEXTUAL else 0)
     text = (tiny_bundle / "verify.json").read_text()
@@ -75,9 +75,14 @@ def test_fp16_keeps_float32_boundary_and_int8_is_smaller(tiny_bundle: Path) -> N
         # int8 weights are stored as int8 (on the tiny model, scales and extra nodes outweigh the saving in
         # bytes; the full model's image tower goes from 1217 MB to 309 MB).
         int8 = onnx.load(str(tiny_bundle / tower / "model.int8.onnx"))
-        matmuls = sum(1 for n in int8.graph.node if n.op_type == "MatMulInteger")
+        matmuls = sum(1 for n in int8.graph.node if n.op_type == "MatMulIntegerToFloat")
         weights = [t for t in int8.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
         assert matmuls > 0 and len(weights) >= matmuls
+        # The word-embedding table (half the full text tower) is int8 rows, with no float32 copy left.
+        tables = {t.name: t.data_type for t in int8.graph.initializer if "word_embeddings" in t.name}
+        if tower == TEXTUAL:
+            assert tables == {"text_model.roberta.embeddings.word_embeddings.weight_int8": onnx.TensorProto.INT8,
+                              "text_model.roberta.embeddings.word_embeddings.weight_scale": onnx.TensorProto.FLOAT}
 
 
 def test_saved_graphs_are_not_tied_to_this_cpu(tiny_bundle: Path) -> None:

@@ -114,3 +114,46 @@ def test_a_bad_image_fails_only_its_own_request(search_server: Server, fp32_enco
     got = np.array([r.json()["data"][0]["embedding"] for r in responses[:6]])
     assert cosine(got, fp32_encoder.encode_images(good)).min() >= 0.99999
     assert search_server.healthy()
+
+
+def test_int8_vectors_do_not_depend_on_who_shares_the_model_call(tiny_bundle: Path, fp32_encoder: Encoder,
+                                                                 library: list[Path], tmp_path: Path) -> None:
+    """int8 (what auto serves on a CPU) quantizes each row with its own scale: a text or image answered
+    inside a coalesced call equals the same input embedded alone."""
+    int8 = Encoder(tiny_bundle, provider="cpu", precision="int8")
+    texts = distinct_texts(fp32_encoder, 32)
+    images = image_variants(library)[:8]
+    alone_texts = np.concatenate([int8.encode_texts([t]) for t in texts])
+    alone_images = np.concatenate([int8.encode_images([p]) for p in _as_files(images, tmp_path)])
+    server = Server.start(str(tiny_bundle), "--precision", "int8", "--max-wait-ms", "50",
+                          log_path=tmp_path / "int8.log")
+    try:
+        before = batch_counts(server)
+
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+                requests = [http.post("/v1/embeddings", json={"input": t, "model": "m", "encoding_format": "float"})
+                            for t in texts]
+                requests += [http.post("/v1/embeddings", json={"input": data_uri(b), "modality": "image", "model": "m",
+                                                               "encoding_format": "float"}) for b in images]
+                return list(await asyncio.gather(*requests))
+
+        responses = asyncio.run(main())
+        assert [r.status_code for r in responses] == [200] * 40
+        after = batch_counts(server)
+    finally:
+        assert server.stop() == 0, server.log()
+    got = np.array([r.json()["data"][0]["embedding"] for r in responses], dtype=np.float32)
+    np.testing.assert_allclose(got[:32], alone_texts, atol=2e-6)
+    np.testing.assert_allclose(got[32:], alone_images, atol=2e-6)
+    for tower in ("textual", "visual"):
+        assert after[tower][0] - after[tower][1] > before[tower][0] - before[tower][1], f"{tower}: never batched"
+
+
+def _as_files(images: list[bytes], folder: Path) -> list[Path]:
+    paths = []
+    for i, data in enumerate(images):
+        path = folder / f"image-{i}.jpg"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths

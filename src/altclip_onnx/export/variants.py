@@ -5,10 +5,11 @@ is the recipe. Recipes were chosen by measurement (``benchmarks/compare.py``, fu
 onnxruntime 1.32; README, Performance):
 
 - fp32: the raw TorchScript export, fused (attention, LayerNorm, GELU; SkipLayerNormalization split back).
-- int8: image tower quantized from the plain graph (busy machine: 186 ms at batch 1, against 246 ms for
-  the fully fused graph with QAttention and 220 ms with attention unfused; quiet machine: all three within
-  2%); text tower from the graph with LayerNorm and GELU fused but attention not (fastest at batch 1, 8
-  and 32 in both runs). onnxruntime's QAttention kernel was no faster than unfused quantized attention.
+- int8: per-row dynamic int8 (:mod:`.quantize`: vectors that do not depend on the batch), from graphs with
+  attention left unfused, so that its Q, K and V projections are plain MatMuls to quantize: the image
+  tower from the plain graph, the text tower from the graph with LayerNorm and GELU fused. With
+  onnxruntime's per-tensor dynamic int8 these were the fastest starts too (busy machine: 186 ms at batch 1
+  for the image tower against 246 ms fully fused with QAttention; text fastest at batch 1, 8 and 32).
 - fp16: converted from the bundle's fp32 graph.
 """
 

@@ -135,18 +135,43 @@ def reference_outputs(model: Any, cases: list[Case]) -> list[dict[str, np.ndarra
     return results
 
 
-def onnx_outputs(bundle: Path, manifest: Manifest, precision: str, cases: list[Case]) -> list[dict[str, np.ndarray]]:
-    """Run the cases through one precision; one tower's session at a time, to keep peak memory low."""
+def onnx_outputs(
+    bundle: Path, manifest: Manifest, precision: str, cases: list[Case]
+) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+    """Run the cases through one precision, one tower's session at a time (to keep peak memory low).
+
+    Also returns, per tower, the lowest cosine between an input run alone and the same input inside a
+    batch (rows of every batched case run again one by one): vectors in an index or an API response must
+    not depend on what else was in the batch.
+    """
     from ..runtime.providers import make_session
 
     results: list[dict[str, np.ndarray]] = [{} for _ in cases]
+    invariance: dict[str, float] = {}
     for tower in (VISUAL, TEXTUAL):
         session = make_session(bundle / manifest.towers[tower][precision].path, provider="cpu")
+        normalized = TOWER_OUTPUTS[tower][1]
+        lowest = 1.0
         for i, case in enumerate(cases):
-            if case.tower == tower:
-                results[i] = dict(zip(TOWER_OUTPUTS[tower], session.run(list(TOWER_OUTPUTS[tower]), case.inputs)))
+            if case.tower != tower:
+                continue
+            results[i] = dict(zip(TOWER_OUTPUTS[tower], session.run(list(TOWER_OUTPUTS[tower]), case.inputs)))
+            rows = len(next(iter(case.inputs.values())))
+            for row in range(rows if rows > 1 else 0):
+                vector = session.run([normalized], single_row(case.inputs, row))[0]
+                lowest = min(lowest, float(cosine_rows(vector, results[i][normalized][row : row + 1])[0]))
+        invariance[tower] = lowest
         del session
-    return results
+    return results, invariance
+
+
+def single_row(inputs: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
+    """One row of a batched input as a batch of one; a text without the padding the batch gave it."""
+    one = {name: value[row : row + 1] for name, value in inputs.items()}
+    if "attention_mask" in one:
+        length = int(one["attention_mask"].sum())  # right-padded: the real tokens come first
+        one = {name: value[:, :length] for name, value in one.items()}
+    return one
 
 
 @dataclass
@@ -213,6 +238,9 @@ class VerifyReport:
                 f"zero-shot top-1 agreement with fp32, {precision}: {rate} over {zs['confident_cases']} confident "
                 f"of {zs['all_cases']} cases ({zs['agreement_all_cases']:.1%} over all)"
             )
+        for precision, towers in self.extra.get("batch_invariance", {}).items():
+            listed = ", ".join(f"{tower} {value:.7f}" for tower, value in towers.items())
+            lines.append(f"same input alone and inside a batch, {precision}: min cosine {listed}")
         sensitivity = self.extra.get("max_cosine_between_inputs", {})
         if sensitivity:
             listed = ", ".join(f"{tower} {value:.4f}" for tower, value in sensitivity.items())
@@ -318,12 +346,18 @@ def check_bundle(
     if report.failures:
         return report
     agreement = {}
+    invariance: dict[str, dict[str, float]] = {}
     for precision in wanted:
-        progress(f"running the {precision} graphs on {len(cases)} cases")
-        outputs = onnx_outputs(bundle, manifest, precision, cases)
+        progress(f"running the {precision} graphs on {len(cases)} cases, and each batched input alone")
+        outputs, invariance[precision] = onnx_outputs(bundle, manifest, precision, cases)
         rows, failures = compare(cases, reference, outputs, precision)
         report.rows += rows
         report.failures += failures
+        needed = PRECISIONS[precision].gate.batch_invariance
+        for tower, lowest in invariance[precision].items():
+            if lowest < needed:
+                report.failures.append(f"{tower} {precision}: an input alone and inside a batch give cosine "
+                                       f"{lowest:.6f} (< {needed}): vectors depend on the batch")
         if precision != "fp32":
             agreement[precision] = zero_shot_agreement(reference, outputs, cases, manifest.logit_scale)
             rate = agreement[precision]["agreement"]
@@ -334,6 +368,7 @@ def check_bundle(
                 )
     report.extra["max_cosine_between_inputs"] = input_sensitivity(reference, cases)
     report.extra["zero_shot_agreement"] = agreement
+    report.extra["batch_invariance"] = invariance
     return report
 
 
