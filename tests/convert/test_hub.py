@@ -82,6 +82,16 @@ def cli(*args: object, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
+def fixture_photo_folder(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (64, 48), colour).save(folder / f"{i}.png")
+    return folder
+
+
 def test_references_parse() -> None:
     assert parse_reference("hf://BAAI/AltCLIP-m18-onnx") == HubReference("BAAI/AltCLIP-m18-onnx", None)
     assert parse_reference("hf://a/b@v1.0") == HubReference("a/b", "v1.0")
@@ -112,6 +122,12 @@ def test_every_command_takes_hf_references_offline(tiny_bundle: Path, tmp_path: 
     np.testing.assert_allclose(np.load(tmp_path / "texts.npy"), ours, atol=1e-6)
     done = cli("verify", f"hf://{REPO}", "--integrity", env=cli_env(cache))
     assert done.returncode == 0 and "all 8 files match the manifest" in done.stdout, done.stderr
+    # An index made with the local bundle, searched with the Hub copy of it (--bundle hf://, no --precision).
+    done = cli("index", tiny_bundle, fixture_photo_folder(tmp_path), "--db", tmp_path / "photos.idx", env=cli_env(cache))
+    assert done.returncode == 0, done.stderr
+    done = cli("search", "a cat", "--db", tmp_path / "photos.idx", "--bundle", f"hf://{REPO}", "--json", env=cli_env(cache))
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 2
 
 
 def test_only_the_asked_precisions_are_needed(tiny_bundle: Path, offline_cache: Path) -> None:

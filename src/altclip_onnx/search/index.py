@@ -47,6 +47,7 @@ import numpy as np
 from ..bundle import VISUAL, ModelIdentity, check_same_model, read_manifest
 from ..errors import BundleError, InputError, Interrupted, StoreError
 from ..files import hash_file
+from ..hub import locate_bundle
 from ..runtime.encoder import Encoder, l2_normalize
 from ..runtime.images import ImageInput
 from ..runtime.pipeline import Failure, embed_images, iter_image_files
@@ -187,10 +188,11 @@ class Index:
         precision when the bundle has it (else "auto") unless ``precision`` says otherwise."""
         model = self._require_model()
         try:
+            folder = locate_bundle(bundle or model.bundle)  # hf://OWNER/REPO: the Hub snapshot
             if precision is None:
-                manifest = read_manifest(bundle or model.bundle)
+                manifest = read_manifest(folder)
                 precision = model.precision if model.precision in manifest.precisions(VISUAL) else "auto"
-            return Encoder(bundle or model.bundle, provider=provider, precision=precision, threads=threads)
+            return Encoder(folder, provider=provider, precision=precision, threads=threads)
         except BundleError as exc:
             if bundle is not None:
                 raise
