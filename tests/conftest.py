@@ -10,10 +10,12 @@ This file imports neither torch nor transformers: tests/runtime must run where t
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnxruntime  # noqa: F401  before any test module imports usearch, whose wheels (2.26.2+) crash
 import pytest  # onnxruntime's initialization when loaded first (see altclip_onnx.search.store.local)
@@ -105,3 +107,47 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=False)
+
+
+# ---------------------------------------------------------------- PostgreSQL, for the index behaviour tests
+
+_database_names = itertools.count()
+
+
+def require_postgres() -> None:
+    """psycopg and pgserver, or skip (in the runtime-only environment, which has neither by design; elsewhere
+    under CI a missing package fails)."""
+    for module, extra in (("psycopg", "postgres"), ("pgserver", "test-services")):
+        if importlib.util.find_spec(module) is None:
+            message = f"the PostgreSQL tests need {module}: pip install -e '.[{extra}]'"
+            if os.environ.get("ALTCLIP_RUNTIME_ONLY") == "1":
+                pytest.skip(message)
+            missing(message)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A real PostgreSQL 16 + pgvector server for the session (tests/postgres/server.py), on 127.0.0.1."""
+    require_postgres()
+    from .postgres.server import PgServer
+
+    server = PgServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_uri(pg_server: Any) -> str:
+    """A new empty database (no vector extension yet), as a TCP URI with the superuser's password."""
+    return pg_server.create_database(f"test_{next(_database_names)}")
+
+
+@pytest.fixture(params=["local", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``--db`` for the embedded store (a folder) and for PostgreSQL (a fresh database), in turn."""
+    if request.param == "local":
+        pytest.importorskip("usearch")
+        return str(tmp_path / "index")
+    return request.getfixturevalue("pg_uri")

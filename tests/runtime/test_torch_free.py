@@ -20,34 +20,15 @@ from PIL import Image
 import altclip_onnx
 from altclip_onnx import Encoder
 
+from ..blocking import BLOCK_EXPORT_SIDE, BLOCKED
+
 skdata = pytest.importorskip("skimage.data")
 
-BLOCKED = ("torch", "transformers", "sentencepiece", "onnx")
 TEXTS = ["A photo of a cat.", "一只猫在沙发上睡觉。", "صورة لقطة", "Ein Foto einer Rakete.", ""]
 LABELS = ["cat", "rocket", "咖啡"]
 
 # Runs in a fresh interpreter: argv = bundle, image paths as JSON, texts as JSON, labels as JSON.
-SCRIPT = r"""
-import sys
-
-BLOCKED = ("torch", "transformers", "sentencepiece", "onnx")
-
-
-class Block:
-    # Any import of a blocked package or submodule fails, as if it were not installed.
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"blocked for this test: {name}", name=name)
-        return None
-
-
-sys.meta_path.insert(0, Block())
-# A None entry is how Python marks "not importable": `import torch` raises ModuleNotFoundError and
-# importlib.util.find_spec("torch") returns None, exactly as without the package. (The finder alone
-# would make find_spec raise instead, which no real environment does.)
-for name in BLOCKED:
-    sys.modules[name] = None
-
+SCRIPT = BLOCK_EXPORT_SIDE + r"""
 import contextlib
 import io
 import json

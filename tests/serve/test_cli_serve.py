@@ -20,26 +20,13 @@ from altclip_onnx import Encoder, Index
 from altclip_onnx.cli import main
 from altclip_onnx.serve import ServeOptions, Service, create_app
 
+from ..blocking import BLOCK_EXPORT_SIDE
 from .conftest import Server, cosine, data_uri
 
 # Runs the command in a fresh interpreter where torch, transformers, sentencepiece and onnx cannot be
 # imported (as tests/runtime/test_torch_free.py does), and prints what of them got loaded when it exits.
-TORCH_FREE = r"""
-import atexit, json, sys
-
-BLOCKED = ("torch", "transformers", "sentencepiece", "onnx")
-
-
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"blocked for this test: {name}", name=name)
-        return None
-
-
-sys.meta_path.insert(0, Block())
-for name in BLOCKED:
-    sys.modules[name] = None
+TORCH_FREE = BLOCK_EXPORT_SIDE + r"""
+import atexit, json
 
 
 def report():

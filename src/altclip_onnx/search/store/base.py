@@ -83,3 +83,11 @@ class VectorStore(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def rows_to_add(entries: Sequence[Entry], vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as contiguous float32 [len(entries), D], as every store's ``add`` takes them."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(entries):
+        raise ValueError(f"add: {len(entries)} entries but vectors of shape {vectors.shape}")  # a caller's bug
+    return vectors

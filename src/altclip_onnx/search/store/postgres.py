@@ -53,7 +53,7 @@ import numpy as np
 
 from ...errors import MissingDependencyError, OutputError, StoreError
 from . import describe_db
-from .base import Entry
+from .base import Entry, rows_to_add
 
 log = logging.getLogger(__name__)
 
@@ -324,9 +324,7 @@ class PostgresStore:
     # --- rows ----------------------------------------------------------------------------------
 
     def add(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(entries):
-            raise ValueError(f"add: {len(entries)} entries but vectors of shape {vectors.shape}")  # a caller's bug
+        vectors = rows_to_add(entries, vectors)
         if not len(entries):
             return
         self._check_dim(vectors.shape[1])

@@ -1,7 +1,7 @@
 """The index's behaviour, the same on both stores: each test runs on the embedded store (a folder) and on
-PostgreSQL + pgvector (a fresh database on a real server), through Index and the CLI alike.
-
-These mirror tests/runtime/test_search.py, reading rows through the VectorStore interface instead of SQLite.
+PostgreSQL + pgvector (a fresh database on a real server from the pgserver wheel), through Index and the CLI
+alike, reading rows through the VectorStore interface. In the runtime-only environment (no psycopg) the
+PostgreSQL half is skipped; what is particular to one store is in test_search.py and tests/postgres.
 """
 
 from __future__ import annotations
@@ -14,47 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from altclip_onnx.cli import main
 from altclip_onnx.errors import InputError, StoreError
 from altclip_onnx.runtime import Encoder
 from altclip_onnx.search import Hit, Index, ModelRecord
 from altclip_onnx.search.store import describe_db
 
-skdata = pytest.importorskip("skimage.data")
+from ..photo_library import QUERY, count_calls, edited_bundle, images_in, photo, run_cli
 
-QUERY = "海边的日落"
-
-
-def photo(name: str) -> np.ndarray:
-    image = getattr(skdata, name)()
-    return (image * 255).astype(np.uint8) if image.dtype == bool else image
-
-
-@pytest.fixture
-def library(tmp_path: Path) -> Path:
-    """photos/{astronaut.jpg, camera.png, chelsea.png, b/coffee.jpg, b/c/rocket.jpg, horse.png}, plus notes.txt."""
-    root = tmp_path / "photos"
-    (root / "b" / "c").mkdir(parents=True)
-    Image.fromarray(photo("astronaut")).save(root / "astronaut.jpg", quality=90)
-    Image.fromarray(photo("camera")).save(root / "camera.png")
-    Image.fromarray(photo("chelsea")).save(root / "chelsea.png")
-    Image.fromarray(photo("coffee")).save(root / "b" / "coffee.jpg", quality=90)
-    Image.fromarray(photo("rocket")).save(root / "b" / "c" / "rocket.jpg", quality=90)
-    Image.fromarray(photo("horse")).save(root / "horse.png")
-    (root / "notes.txt").write_text("not an image")
-    return root
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bundle: Path) -> Encoder:
-    return Encoder(tiny_bundle, provider="cpu", precision="fp32")
-
-
-def images_in(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.suffix in (".jpg", ".png"))
+pytest.importorskip("skimage.data")
 
 
 def snapshot(db: str) -> dict[str, tuple[str, np.ndarray]]:
@@ -64,24 +33,6 @@ def snapshot(db: str) -> dict[str, tuple[str, np.ndarray]]:
         assert len(entries) == len({e.path for e in entries}) == len(index)
         found, vectors = index.store.get([e.path for e in entries])
     return {entry.path: (entry.digest, vector) for entry, vector in zip(found, vectors)}
-
-
-def count_calls(encoder: Encoder, monkeypatch: pytest.MonkeyPatch, fail_on: int | None = None) -> list[int]:
-    calls: list[int] = []
-    real = Encoder.encode_pixels
-
-    def counted(pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
-        calls.append(len(pixels))
-        if fail_on is not None and len(calls) == fail_on:
-            raise KeyboardInterrupt
-        return real(encoder, pixels, normalize=normalize)
-
-    monkeypatch.setattr(encoder, "encode_pixels", counted)
-    return calls
-
-
-def run_cli(*args: object):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 # ------------------------------------------------------------------------------------- search
@@ -103,7 +54,9 @@ def test_a_photo_queried_by_itself_comes_first_and_scores_are_exact(db: str, lib
         expected = stored @ encoder.encode_texts([QUERY])[0]
         order = np.argsort(-expected)[:4]
         hits = index.search_text(encoder, QUERY, k=4)
+        assert len(hits) == 4 and all(isinstance(h, Hit) for h in hits)
         assert [h.path for h in hits] == [paths[i] for i in order]
+        assert hits == index.search_vector(encoder.encode_texts(QUERY)[0], 4)
         np.testing.assert_allclose([h.score for h in hits], expected[order], atol=1e-6)
         assert [h.path for h in index.search_vector(stored[0], k=50, exact=True)] == [
             h.path for h in index.search_vector(stored[0], k=50)]
@@ -226,14 +179,18 @@ def test_index_is_scoped_to_the_folder_and_a_moved_library_leaves_no_ghosts(
     result = run_cli("index", tiny_bundle, moved, "--db", db)
     assert result.exit_code == 0, result.output
     assert "0 added, 0 changed, 6 moved, 0 removed" in result.stdout and "7 images in the index" in result.stdout
+    hits = json.loads(run_cli("search", "--db", db, QUERY, "-k", "10", "--json").stdout)
+    assert len(hits) == 7 and all(Path(hit["path"]).exists() for hit in hits)
     gone = run_cli("index", tiny_bundle, library, "--db", db)
     assert gone.exit_code == 1 and "no such folder; if it was moved or deleted" in gone.stderr
+    assert "--prune" in gone.stderr
     (moved / "camera.png").unlink()
     (other / "coins.png").unlink()
     pruned = run_cli("index", tiny_bundle, "--db", db, "--prune")
     assert pruned.exit_code == 0, pruned.output
     assert "2 removed" in pruned.stdout and "5 images in the index" in pruned.stdout
     assert sorted(snapshot(db)) == images_in(moved)
+    assert run_cli("index", tiny_bundle, "--db", db).exit_code == 2  # neither folders nor --prune: a usage error
 
 
 def test_a_moved_bundle_is_recorded_by_the_next_index(db: str, tmp_path: Path, library: Path,
@@ -255,19 +212,25 @@ def test_a_moved_bundle_is_recorded_by_the_next_index(db: str, tmp_path: Path, l
 # ------------------------------------------------------------------------------------- model record
 
 
-def test_another_model_is_a_one_line_error(db: str, library: Path, other_bundle: Path, encoder: Encoder) -> None:
+@pytest.mark.parametrize("changes", [{"weights": True}, {"embedding_dim": 32, "variant": "AltCLIP-m9"}],
+                         ids=["other-weights", "other-dim"])
+def test_another_model_is_a_one_line_error(db: str, tmp_path: Path, library: Path, tiny_bundle: Path,
+                                           other_bundle: Path, encoder: Encoder, changes: dict) -> None:
     with Index.open(db, create=True) as index:
         index.update(encoder, library, progress=False)
         assert index.model == ModelRecord.of(encoder)
+    changes = dict(changes)  # the parameter's dict is shared by both stores' runs
+    other = other_bundle if changes.pop("weights", False) else edited_bundle(tiny_bundle, tmp_path, **changes)
     with Index.open(db) as index:
         with pytest.raises(StoreError, match="made with"):
-            index.search_text(Encoder(other_bundle, precision="fp32"), QUERY)
+            index.search_text(Encoder(other, precision="fp32"), QUERY)
         with pytest.raises(StoreError, match="made with"):
-            index.update(Encoder(other_bundle, precision="fp32"), library, progress=False)
-    result = run_cli("search", "--db", db, "--bundle", other_bundle, QUERY)
+            index.update(Encoder(other, precision="fp32"), library, progress=False)
+    result = run_cli("search", "--db", db, "--bundle", other, QUERY)
     assert result.exit_code == 1 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {describe_db(db)}: made with")
+    assert "Traceback" not in result.stderr and ("32-d" in lines[0]) == ("embedding_dim" in changes)
 
 
 def test_search_cli_json_and_table(db: str, library: Path, tiny_bundle: Path, encoder: Encoder) -> None:
@@ -303,7 +266,7 @@ def test_serve_searches_a_postgres_index(pg_uri: str, library: Path, tiny_bundle
 
     for module in ("starlette", "uvicorn", "multipart", "prometheus_client"):
         pytest.importorskip(module, reason="serve needs the [serve] extra")
-    from .server import free_port
+    from ..postgres.server import free_port
 
     assert run_cli("index", tiny_bundle, library, "--db", pg_uri, "--precision", "fp32").exit_code == 0
     port = free_port()
