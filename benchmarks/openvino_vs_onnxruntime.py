@@ -17,8 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,6 +33,7 @@ def main() -> None:
     import openvino
 
     from altclip_onnx.bundle import TOWER_INPUTS, TOWER_OUTPUTS, read_manifest
+    from altclip_onnx.export.verify import cosine_rows
     from altclip_onnx.runtime import bench
     from altclip_onnx.runtime.providers import make_session
 
@@ -65,7 +64,7 @@ def main() -> None:
                            bench.Candidate(f"openvino {precision}", tower, ov_run, size_bytes=size)]
             inputs = bench.make_inputs(tower, 8, tokens=args.tokens, seed=7)
             a, b = ort_run(inputs), ov_run(inputs)
-            cos = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+            cos = cosine_rows(a, b)
             agreement[f"{tower}/{precision}"] = float(cos.min())
             say(f"{tower} {precision}: openvino vs onnxruntime min cosine {cos.min():.6f}")
     results = bench.measure(candidates, batch_sizes=batch_sizes, tokens=args.tokens, repeats=args.repeats,

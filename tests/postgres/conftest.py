@@ -8,7 +8,6 @@ they fail).
 
 from __future__ import annotations
 
-from ..conftest import require_module
+from ..conftest import require_postgres
 
-require_module("psycopg", "the PostgreSQL tests need psycopg: pip install -e '.[postgres]'")
-require_module("pgserver", "the PostgreSQL tests need pgserver: pip install -e '.[test-services]'")
+require_postgres()

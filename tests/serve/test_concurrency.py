@@ -124,7 +124,7 @@ def test_int8_vectors_do_not_depend_on_who_shares_the_model_call(tiny_bundle: Pa
     texts = distinct_texts(fp32_encoder, 32)
     images = image_variants(library)[:8]
     alone_texts = np.concatenate([int8.encode_texts([t]) for t in texts])
-    alone_images = np.concatenate([int8.encode_images([p]) for p in _as_files(images, tmp_path)])
+    alone_images = np.concatenate([int8.encode_images([b]) for b in images])  # bytes, as the service gets them
     server = Server.start(str(tiny_bundle), "--precision", "int8", "--max-wait-ms", "50",
                           log_path=tmp_path / "int8.log")
     try:
@@ -149,11 +149,3 @@ def test_int8_vectors_do_not_depend_on_who_shares_the_model_call(tiny_bundle: Pa
     for tower in ("textual", "visual"):
         assert after[tower][0] - after[tower][1] > before[tower][0] - before[tower][1], f"{tower}: never batched"
 
-
-def _as_files(images: list[bytes], folder: Path) -> list[Path]:
-    paths = []
-    for i, data in enumerate(images):
-        path = folder / f"image-{i}.jpg"
-        path.write_bytes(data)
-        paths.append(path)
-    return paths
