@@ -10,9 +10,14 @@ Per row, integer products are exact and every scale depends on its own row only,
 whatever the batch, up to float rounding (cosine 1.0000000 on the full-size model; checked by verify's
 batch-invariance gate).
 
-Weights are int8 per output column (symmetric), a finer grid than onnxruntime's one scale per tensor, and
-the text tower's word-embedding table (250k x 1024, half the text tower) is stored as int8 rows with a scale
-each (``Gather`` + ``Cast`` + ``Mul``: standard ops every runtime has).
+Weights of the integer MatMuls are 7-bit (-63..63) per output column (symmetric), a finer grid than
+onnxruntime's one scale per tensor. Seven bits, not eight, because of how CPUs without VNNI multiply:
+onnxruntime's u8s8 GEMM on AVX2 (and SSSE3) uses ``vpmaddubsw``, which adds each *pair* of adjacent u8 x s8
+products in a saturating int16. With activations as uint8 (1..255) a pair reaches 2 * 255 * 127 = 64,770 at
+8-bit weights and is clipped to 32,767, so the same bundle gave other vectors there than on a VNNI CPU; at
+7-bit weights a pair stays within 2 * 255 * 63 = 32,130 and every CPU computes the exact integer product.
+The text tower's word-embedding table (250k x 1024, half the text tower) is no GEMM: it keeps 8-bit rows with
+a scale each (``Gather`` + ``Cast`` + ``Mul``: standard ops every runtime has).
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ log = logging.getLogger(__name__)
 
 # A row of zeros would give scale 0 and 0/0: the smallest normal float32 keeps it 0 after rounding.
 TINY_SCALE = np.float32(np.finfo(np.float32).tiny)
+# Integer ranges (symmetric): activations are 8-bit per row; GEMM weights 7-bit so that no pair of u8 x s8
+# products can saturate an int16 on CPUs without VNNI (see the module's docstring); table rows 8-bit.
+ACTIVATION_LEVELS = 127
+GEMM_WEIGHT_LEVELS = 63
+TABLE_LEVELS = 127
 
 
 @dataclass(frozen=True)
@@ -105,14 +115,14 @@ class _PerRowRewriter:
             self._constants[key] = name
         return self._constants[key]
 
-    def _int8_weight(self, name: str, axis: int) -> tuple[str, str]:
-        """``name`` as symmetric int8 with one scale per slice along ``axis`` (columns: 0, rows: 1)."""
+    def _int8_weight(self, name: str, axis: int, levels: int) -> tuple[str, str]:
+        """``name`` as symmetric int8 in -levels..levels, one scale per slice along ``axis`` (columns: 0, rows: 1)."""
         from onnx import numpy_helper
 
         if name not in self._quantized:
             weight = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
-            scale = np.maximum(np.abs(weight).max(axis=axis, keepdims=True) / 127.0, TINY_SCALE).astype(np.float32)
-            quantized = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+            scale = np.maximum(np.abs(weight).max(axis=axis, keepdims=True) / levels, TINY_SCALE).astype(np.float32)
+            quantized = np.clip(np.rint(weight / scale), -levels, levels).astype(np.int8)
             if axis == 0:  # one scale per output column, broadcast over the MatMul's result
                 scale = scale.reshape(-1)
             self.graph.initializer.append(numpy_helper.from_array(quantized, f"{name}_int8"))
@@ -121,7 +131,7 @@ class _PerRowRewriter:
         return self._quantized[name]
 
     def _matmul(self, node: Any, helper: Any) -> list[Any]:
-        """y = x @ W as (int8 x_row) @ (int8 W) * scale_W * scale_row, scale_row = max|x_row| / 127.
+        """y = x @ W as (int8 x_row) @ (7-bit W) * scale_W * scale_row, scale_row = max|x_row| / 127.
 
         Each row is divided by its scale, then ``QuantizeLinear`` with scale 1 rounds, shifts and casts in
         one vectorized pass (as separate Round + Add + Cast ops they cost 35 ms of the image tower's 195 ms at
@@ -134,7 +144,7 @@ class _PerRowRewriter:
         """
         self.matmuls += 1
         x, out, prefix = node.input[0], node.output[0], node.name or f"matmul_{self.matmuls}"
-        weight, weight_scale = self._int8_weight(node.input[1], axis=0)
+        weight, weight_scale = self._int8_weight(node.input[1], axis=0, levels=GEMM_WEIGHT_LEVELS)
         one, zero_point = self._constant(1.0, np.float32), self._constant(128, np.uint8)
         return [
             self._reduce("ReduceMax", x, f"{prefix}_max", helper),
@@ -142,8 +152,9 @@ class _PerRowRewriter:
             helper.make_node("Neg", [f"{prefix}_min"], [f"{prefix}_neg_min"]),
             # The smallest scale keeps a row of zeros at zero (0 / tiny) instead of 0 / 0.
             helper.make_node("Max", [f"{prefix}_max", f"{prefix}_neg_min",
-                                     self._constant(float(TINY_SCALE) * 127, np.float32)], [f"{prefix}_abs_max"]),
-            helper.make_node("Div", [f"{prefix}_abs_max", self._constant(127.0, np.float32)], [f"{prefix}_row_scale"]),
+                                     self._constant(float(TINY_SCALE) * ACTIVATION_LEVELS, np.float32)], [f"{prefix}_abs_max"]),
+            helper.make_node("Div", [f"{prefix}_abs_max", self._constant(float(ACTIVATION_LEVELS), np.float32)],
+                             [f"{prefix}_row_scale"]),
             helper.make_node("Div", [x, f"{prefix}_row_scale"], [f"{prefix}_scaled"]),  # -127..127
             helper.make_node("QuantizeLinear", [f"{prefix}_scaled", one, zero_point], [f"{prefix}_x_uint8"]),
             helper.make_node("MatMulIntegerToFloat", [f"{prefix}_x_uint8", weight, one, weight_scale, zero_point],
@@ -163,7 +174,7 @@ class _PerRowRewriter:
 
         self.tables += 1
         prefix = node.name or f"gather_{self.tables}"
-        table, row_scale = self._int8_weight(node.input[0], axis=1)
+        table, row_scale = self._int8_weight(node.input[0], axis=1, levels=TABLE_LEVELS)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         if axis != 0:
             raise ExportError(f"{node.name}: an embedding Gather along axis {axis}; expected 0")
