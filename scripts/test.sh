@@ -2,8 +2,9 @@
 # Run the whole test suite, setting up what it needs. Extra arguments go to pytest (e.g. -k search -x).
 #
 # 0. System packages the service and client tests drive (Debian's chromium for the page, Node and npm for
-#    transformers.js): installed with apt-get when missing and this runs as root; otherwise those tests skip
-#    locally and fail under CI (CI=true), where a skip would hide a missing install step.
+#    transformers.js, qemu-user for tests/isa's emulated CPUs): installed with apt-get when missing and this
+#    runs as root; otherwise those tests skip locally and fail under CI (CI=true), where a skip would hide a
+#    missing install step.
 # 1. .venv (export side and everything): build the test fixture once (tiny checkpoints, a tiny bundle and
 #    the PyTorch/transformers reference; python -m tests.fixture), then run every test against it. The
 #    tests start their own servers: the service on a loopback port, PostgreSQL from the pgserver wheel, a
@@ -17,6 +18,7 @@ missing=()
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium fonts-wqy-microhei)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v qemu-x86_64 >/dev/null || missing+=(qemu-user)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         echo "installing ${missing[*]} with apt-get"
