@@ -32,6 +32,9 @@ JOBS_SCRIPT = Path(__file__).with_name("jobs.py")
 # qemu's TCG lists the CPU model's features it cannot emulate (pcid, x2apic, TSX, ...): none that matter here.
 QEMU_NOISE = "TCG doesn't support requested feature"
 
+#: int8 on another CPU against int8 on this one: the least cosine per row (texts and images).
+SAME_VECTORS = 0.9995
+
 _runs = itertools.count()
 
 
@@ -66,6 +69,17 @@ def run_job(job: str, spec: dict[str, Any], folder: Path, *, cpu: str | None = N
         pytest.fail(f"{' '.join(command)}: exit status {done.returncode}\n{stderr[-4000:]}", pytrace=False)
     with np.load(out_path) as saved:
         return {key: saved[key] for key in saved.files}
+
+
+def encode_spec(bundle: Path, precision: str, texts: list[str], images: list[Path], **extra: object) -> dict:
+    """The spec of an ``encode`` job (jobs.py)."""
+    return {"bundle": str(bundle), "precision": precision, "texts": list(texts), "images": [str(p) for p in images],
+            **extra}
+
+
+def vectors(out: dict[str, np.ndarray]) -> np.ndarray:
+    """An ``encode`` job's vectors: texts, then images, one row each."""
+    return np.concatenate([out["texts"], out["images"]])
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

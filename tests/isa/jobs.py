@@ -30,6 +30,9 @@ def cpu_features() -> np.ndarray:
     return np.array(sorted(name for name, present in __cpu_features__.items() if present))
 
 
+SELF_CHECKS = {"self_check", "check_numbers"}  # the first-use self-check's keyword, under either name
+
+
 def run_graph(spec: dict) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
@@ -46,8 +49,8 @@ def encode(spec: dict) -> dict[str, np.ndarray]:
     from altclip_onnx import Encoder
 
     options = {"precision": spec["precision"], "provider": "cpu", "check_files": spec.get("check_files", True)}
-    if "check_numbers" in inspect.signature(Encoder).parameters:  # the first-use self-check, where it exists
-        options["check_numbers"] = False
+    # The first-use numeric self-check, where Encoder has one: these jobs compare the vectors themselves.
+    options.update(dict.fromkeys(SELF_CHECKS & set(inspect.signature(Encoder).parameters), False))
     encoder = Encoder(spec["bundle"], **options)
     return {"texts": encoder.encode_texts(spec["texts"]), "images": encoder.encode_images(spec["images"])}
 

@@ -54,7 +54,8 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, np.ndarray, di
     folder = tmp_path_factory.mktemp("kernels")
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (ROWS, DEPTH), dtype=np.uint8)
-    weights = {name: rng.integers(-top, top + 1, (DEPTH, COLUMNS)).astype(np.int8) for name, top in WEIGHTS.items()}
+    weights = {name: rng.integers(-top, top + 1, (DEPTH, COLUMNS)).astype(np.int8)
+               for name, top in WEIGHTS.items()}
     initializers = [numpy_helper.from_array(w, f"b_{name}") for name, w in weights.items()]
     initializers += [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
                      numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), "zero_point")]
@@ -67,7 +68,8 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, np.ndarray, di
                     helper.make_tensor_value_info(f"MatMulIntegerToFloat_{name}", TensorProto.FLOAT, [ROWS, COLUMNS])]
     graph = helper.make_graph(nodes, "u8s8", [helper.make_tensor_value_info("a", TensorProto.UINT8, [ROWS, DEPTH])],
                               outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     save(model, str(folder / "u8s8.onnx"))
     np.savez(folder / "inputs.npz", a=a)
     return {"model": str(folder / "u8s8.onnx"), "inputs": str(folder / "inputs.npz")}, a, weights
@@ -80,7 +82,8 @@ def test_the_model_of_saturating_pairs_differs_from_the_exact_product(case: tupl
     np.testing.assert_array_equal(saturating_pairs(a, weights["seven_bit"]), exact(a, weights["seven_bit"]))
 
 
-def test_haswell_adds_pairs_of_full_range_products_in_a_saturating_int16(case: tuple, qemu: str, tmp_path: Path) -> None:
+def test_haswell_adds_pairs_of_full_range_products_in_a_saturating_int16(case: tuple, qemu: str,
+                                                                        tmp_path: Path) -> None:
     spec, a, weights = case
     out = run_job("graph", spec, tmp_path, cpu=HASWELL, qemu=qemu)
     assert "AVX2" in out["cpu"] and "AVX512F" not in out["cpu"], out["cpu"]  # what the child ran on
