@@ -1,13 +1,13 @@
 """The ``altclip-onnx`` command: thin subcommands over the Python API, one module per group.
 
 app (the group, errors, shared options, tables), model (export, verify, bench, doctor), embed (embed,
-embed-text, classify), search (index, search), fewshot (fewshot build, evaluate), serve (serve), convert
-(convert, push).
+embed-text, classify), search (index, search), fewshot (fewshot build), evaluate (evaluate classification,
+evaluate retrieval), serve (serve), convert (convert, push).
 """
 
 from __future__ import annotations
 
-from . import convert, embed, fewshot, model, search, serve  # noqa: F401  (each registers its commands on main)
+from . import convert, embed, evaluate, fewshot, model, search, serve  # noqa: F401  (each registers its commands on main)
 from .app import main
 
 __all__ = ["main"]

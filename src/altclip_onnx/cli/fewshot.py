@@ -1,8 +1,7 @@
-"""Few-shot classification (Tip-Adapter) and evaluation on a labelled folder (runtime only)."""
+"""Few-shot classification (Tip-Adapter): building a cache (runtime only). Scoring it: cli/evaluate.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -12,13 +11,10 @@ from .app import (
     bundle_argument,
     batch_options,
     encoder_options,
-    exit_partial_if,
     friendly_errors,
-    json_option,
     load_encoder,
     main,
     percent,
-    report_failures,
     table,
 )
 
@@ -64,7 +60,7 @@ def fewshot_build(bundle: str, data_dir: Path, output: Path, shots: int | None, 
     The folder name is the class; its prompt label is the name with underscores as spaces, or
     the one DATA_DIR/labels.json gives ({"folder": "label"}). Each class is split (by --seed)
     into cached images and validation images; alpha and beta are the grid point with the best
-    validation accuracy. Test the cache on other images with 'altclip-onnx evaluate'.
+    validation accuracy. Test the cache on other images with 'altclip-onnx evaluate classification'.
     """
     from ..fewshot import build_cache
     from ..fewshot.adapter import check_cache_destination
@@ -88,47 +84,3 @@ def fewshot_build(bundle: str, data_dir: Path, output: Path, shots: int | None, 
         click.echo(f"no validation images: alpha={adapter.alpha:g}, beta={adapter.beta:g} (not tuned)")
     click.echo(f"wrote {output} ({len(adapter.keys)} cached images, {len(adapter.class_names)} classes)")
 
-
-@main.command()
-@bundle_argument
-@click.argument("test_dir", type=click.Path(path_type=Path))
-@click.option("--fewshot", "cache", type=click.Path(path_type=Path), metavar="CACHE",
-              help="Also score this Tip-Adapter cache (its zero-shot part is compared with it).")
-@click.option("--labels", "label_lists", multiple=True, metavar="A,B,C",
-              help="Zero-shot labels (each class folder must be one) [default: the folder names].")
-@click.option("--label", "single_labels", multiple=True, metavar="LABEL", help="One label, commas allowed.")
-@click.option("--template", "templates", multiple=True, metavar="TEXT",
-              help="Zero-shot prompt with {} for the label (repeatable) [default: 5 English CLIP templates].")
-@json_option("Print the accuracies (and the files that failed) as JSON.")
-@batch_options(8)
-@encoder_options
-@friendly_errors
-def evaluate(bundle: str, test_dir: Path, cache: Path | None, label_lists: tuple[str, ...],
-             single_labels: tuple[str, ...], templates: tuple[str, ...], as_json: bool, batch_size: int,
-             workers: int, provider: str | None, precision: str, threads: int | None) -> None:
-    """Accuracy on TEST_DIR (one sub-folder of images per class): zero-shot and Tip-Adapter side by side.
-
-    With --fewshot, test images that the cache was built from (same content) are refused: they
-    would score themselves. Exit code 4 when some images could not be read.
-    """
-    from ..fewshot import TipAdapter, evaluate as run_evaluation
-    from ..runtime.pipeline import split_labels
-
-    encoder = load_encoder(bundle, provider, precision, threads)
-    adapter = TipAdapter.load(cache, encoder) if cache is not None else None
-    result = run_evaluation(encoder, test_dir, adapter, labels=split_labels(label_lists, single_labels),
-                            templates=list(templates), batch_size=batch_size, workers=workers)
-    report_failures(result.failures)
-    if as_json:
-        click.echo(json.dumps({"test_dir": str(test_dir), "cache": str(cache) if cache else None,
-                               **result.to_json()}, ensure_ascii=False, indent=2))
-    else:
-        methods = ["zero_shot"] + (["tip_adapter"] if adapter is not None else [])
-        rows = [[name or "all", str(result.images[name] if name else result.total),
-                 *(percent(result.accuracy(m, name)) for m in methods)] for name in [*result.classes, None]]
-        header = ["class", "images", "zero-shot"] + (["tip-adapter"] if adapter is not None else [])
-        click.echo(table(header, rows, right=tuple(range(1, len(header)))))
-        if adapter is not None:
-            click.echo(f"Tip-Adapter: alpha={adapter.alpha:g}, beta={adapter.beta:g}, "
-                       f"{len(adapter.keys)} cached images")
-    exit_partial_if(result.failures)
