@@ -108,10 +108,19 @@ def preprocess(image: ImageInput, spec: ImageSpec) -> np.ndarray:
     if image.width < 1 or image.height < 1:
         name = getattr(image, "filename", "") or "<PIL image>"
         raise InputError(f"{name}: empty image ({image.width}x{image.height} pixels)")
-    rgb = to_rgb(image)
-    pixels = _center_crop(np.asarray(_resize(rgb, spec)), spec.size)
+    return normalize(crop(image, spec), spec)
+
+
+def crop(image: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """The 8-bit square the tower sees: uint8 [spec.size, spec.size, 3] after RGB conversion, resize and
+    center crop (the first half of :func:`preprocess`; bundles store their verification images this way)."""
+    return _center_crop(np.asarray(_resize(to_rgb(image), spec)), spec.size)
+
+
+def normalize(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """uint8 [..., H, W, 3] crops as the tower's input: rescaled, normalized, channels first (float32)."""
     table = _level_table(float(spec.rescale_factor), tuple(spec.mean), tuple(spec.std))
-    return np.stack([table[c][pixels[..., c]] for c in range(3)])
+    return np.stack([table[c][pixels[..., c]] for c in range(3)], axis=-3)
 
 
 def preprocess_batch(images: Iterable[ImageInput], spec: ImageSpec, *, draft: bool = False) -> np.ndarray:
