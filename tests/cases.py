@@ -14,13 +14,17 @@ import numpy as np
 from PIL import Image
 
 from altclip_onnx.bundle import ImageSpec
-from altclip_onnx.export.verify import SENTENCES
+from altclip_onnx.export.verification_set import SENTENCES as VERIFICATION_SENTENCES
 from altclip_onnx.runtime.images import load_image
 
 try:
     import skimage.data as skdata
 except ImportError:  # the test extra brings it; a clear error comes from the tests that need it
     skdata = None  # type: ignore[assignment]
+
+# One sentence in each of the 18 languages: the first 18 of the bundle's verification sentences.
+SENTENCES = dict(VERIFICATION_SENTENCES[:18])
+assert len(SENTENCES) == 18
 
 SPEC = ImageSpec()  # AltCLIP: shortest edge 224, crop 224, bicubic, OpenAI CLIP mean/std
 

@@ -28,6 +28,7 @@ from .runtime.encoder import DEFAULT_TEMPLATES, Encoder
 from .runtime.outputs import EmbedOptions, embed_images_to_file, embed_texts_to_file, read_embeddings
 from .runtime.pipeline import iter_image_files
 from .search import Hit, Index
+from .verification import VerifyReport, verify_bundle
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,7 @@ __all__ = [
     "StoreError",
     "TipAdapter",
     "VerificationError",
+    "VerifyReport",
     "__version__",
     "build_cache",
     "check_integrity",
@@ -66,4 +68,5 @@ __all__ = [
     "read_embeddings",
     "read_manifest",
     "require_integrity",
+    "verify_bundle",
 ]

@@ -9,7 +9,13 @@ A bundle is a folder::
     textual/model.onnx              text tower, fp32 (+ model.onnx.data)
     textual/model.<precision>.onnx
     textual/tokenizer.json          a Hugging Face `tokenizers` fast tokenizer (XLM-R ids)
+    reference/cases.json            the verification cases: how each input was made, sentences, batching
+    reference/arrays.npz            their inputs (8-bit image crops, token ids) and PyTorch's outputs
     verify.json                     the last verification report (not checksummed: it is rewritten)
+    .verified.json                  what was checked on which machine (not checksummed; see verify_files)
+
+The reference (format 1.1 on) lets any machine verify the bundle without torch: see
+:mod:`altclip_onnx.verification`.
 
 Image tower: input ``pixel_values`` float32 [batch, 3, S, S]; outputs ``image_embeds`` float32
 [batch, D] (equal to ``AltCLIPModel.get_image_features``) and ``image_embeds_norm`` (L2-normalized).
@@ -38,7 +44,7 @@ from .precisions import PRECISION_NAMES, precision
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: the PyTorch reference travels in reference/
 SUPPORTED_MAJOR = 1
 
 MANIFEST = "manifest.json"
@@ -49,6 +55,9 @@ TEXTUAL = "textual"
 TOWERS = (VISUAL, TEXTUAL)
 TOKENIZER = f"{TEXTUAL}/tokenizer.json"
 PREPROCESSOR = f"{VISUAL}/preprocessor_config.json"
+REFERENCE_CASES = "reference/cases.json"
+REFERENCE_ARRAYS = "reference/arrays.npz"
+REFERENCE_FILES = (REFERENCE_CASES, REFERENCE_ARRAYS)
 
 TOWER_INPUTS = {
     VISUAL: ("pixel_values",),
@@ -212,6 +221,7 @@ class Manifest:
     towers: dict[str, dict[str, Variant]]  # tower -> precision -> variant
     files: dict[str, FileEntry]  # every checksummed file, relative path -> entry
     exported_with: dict[str, str] = field(default_factory=dict)
+    reference: tuple[str, ...] = ()  # REFERENCE_FILES when the bundle carries PyTorch's outputs (format 1.1 on)
     format_version: str = FORMAT_VERSION
 
     def precisions(self, tower: str) -> list[str]:
@@ -259,6 +269,7 @@ class Manifest:
                 for tower, variants in self.towers.items()
             },
             "files": {path: dataclasses.asdict(entry) for path, entry in sorted(self.files.items())},
+            "reference": list(self.reference),
             "exported_with": self.exported_with,
         }
 
@@ -292,6 +303,7 @@ class Manifest:
                 },
                 files={p: FileEntry(**e) for p, e in data["files"].items()},
                 exported_with=dict(data.get("exported_with", {})),
+                reference=tuple(str(name) for name in data.get("reference", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: manifest is incomplete or malformed ({exc!r}); re-export the bundle") from exc
@@ -345,11 +357,7 @@ def verify_files(bundle: str | os.PathLike[str], manifest: Manifest, names: Iter
     Raises :class:`IntegrityError` naming the file and what to do.
     """
     folder = Path(bundle)
-    record_path = folder / VERIFIED_RECORD
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8")).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        record = {}
+    record = dict(read_record(folder, "files"))
     changed = False
     for name in dict.fromkeys(names):
         entry = manifest.files.get(name)
@@ -374,10 +382,37 @@ def verify_files(bundle: str | os.PathLike[str], manifest: Manifest, names: Iter
         record[name] = state
         changed = True
     if changed:
-        try:
-            write_json(record_path, {"format": 1, "files": record})
-        except AltclipOnnxError as exc:  # a read-only bundle: check again next time
-            log.debug("%s: not recorded (%s)", record_path, exc)
+        write_record(folder, "files", record)
+
+
+def read_record(folder: Path, section: str) -> dict[str, Any]:
+    """One section of ``folder/.verified.json`` ("files": checksums checked; "numbers": see
+    :mod:`altclip_onnx.verification.selfcheck`); empty when there is none."""
+    try:
+        data = json.loads((folder / VERIFIED_RECORD).read_text(encoding="utf-8"))
+        value = data.get(section, {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_record(folder: Path, section: str, entries: dict[str, Any]) -> bool:
+    """Replace one section of ``folder/.verified.json``, keeping the others; False when the folder is
+    read-only (nothing recorded: the check runs again next time)."""
+    path = folder / VERIFIED_RECORD
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data.update({"format": 1, section: entries})
+    try:
+        write_json(path, data)
+    except AltclipOnnxError as exc:
+        log.debug("%s: not recorded (%s)", path, exc)
+        return False
+    return True
 
 
 def require_integrity(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> Manifest:

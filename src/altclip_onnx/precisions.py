@@ -26,8 +26,10 @@ class Gate:
     """What a variant must reach against the PyTorch fp32 reference, or the export fails.
 
     ``max_abs_rel``: max |diff| <= max_abs_rel * max(1, max |reference|). ``min_cosine`` / ``mean_cosine``:
-    per row, over every verification case. ``zero_shot_agreement``: top-1 agreement with fp32 over the
-    cases where fp32 is confident (see :mod:`altclip_onnx.export.verify`).
+    per row, over every verification case. ``zero_shot_agreement``: top-1 agreement with the reference over
+    the images where the reference is confident, gated only on at least ``zero_shot_min_cases`` of them and
+    failed only by more disagreements than chance allows at ``zero_shot_significance`` (see
+    :mod:`altclip_onnx.verification.check`).
     """
 
     max_abs_rel: float | None = None
@@ -35,6 +37,8 @@ class Gate:
     mean_cosine: float | None = None
     zero_shot_agreement: float | None = None
     batch_invariance: float = BATCH_INVARIANCE_MIN_COSINE
+    zero_shot_min_cases: int = 30
+    zero_shot_significance: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,13 @@ import torch
 
 from altclip_onnx.bundle import TEXTUAL, VISUAL, check_integrity, read_manifest
 from altclip_onnx.errors import BundleError, OutputError, SourceError, VerificationError
-from altclip_onnx.export import ExportOptions, export_bundle, verify_bundle
+from altclip_onnx.export import ExportOptions, export_bundle, verify_against_model
 from altclip_onnx.export import sources, towers
-from altclip_onnx.export.verify import SENTENCES, check_bundle, reference_outputs, verification_cases
+from altclip_onnx.export.verify import reference_outputs
+from altclip_onnx.verification import check_bundle, verify_bundle
+from altclip_onnx.verification.reference import StoredReference, read_reference
 
+from ..cases import SENTENCES
 from ..fixture import TINY_PROJECTION, TINY_TEXT, TINY_VISION
 
 
@@ -43,7 +46,7 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
 
 def test_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
     manifest = read_manifest(tiny_bundle)
-    assert manifest.format_version == "1.0"
+    assert manifest.format_version == "1.1"
     assert manifest.embedding_dim == TINY_PROJECTION
     assert manifest.logit_scale == pytest.approx(np.exp(2.6592), rel=1e-6)
     assert manifest.text.max_length == 77 and manifest.text.pad_id == 1
@@ -75,7 +78,7 @@ def test_verify_report_passes_with_real_numbers(tiny_bundle: Path) -> None:
     assert any(r["shape"].startswith("8x") for r in rows if r["tower"] == TEXTUAL)
     assert any(int(r["shape"].split("x")[1]) >= 300 for r in rows if r["tower"] == TEXTUAL)
     fp32 = [r for r in rows if r["precision"] == "fp32"]
-    assert len(fp32) == 16
+    assert len(fp32) == 2 * len(read_reference(tiny_bundle, read_manifest(tiny_bundle)).cases)  # 2 outputs each
     for row in fp32:
         assert row["max_abs_diff"] <= 1e-4 * max(1.0, row["max_abs_reference"])
         assert row["min_cosine"] >= 0.99999
@@ -260,12 +263,13 @@ def test_random_init_rebuilds_from_seed_and_verifies(tmp_path: Path, monkeypatch
     manifest = result.manifest
     assert manifest.source == {"name": "m18", "kind": "random-init", "seed": 5}
     assert manifest.logit_scale == pytest.approx(100.0, rel=1e-5)
-    report = verify_bundle(out)  # rebuilds the reference model from the recorded seed
-    assert report.passed
+    assert verify_bundle(out).passed  # the stored reference, no torch needed
+    assert verify_against_model(out).passed  # rebuilds the reference model from the recorded seed
     # A different seed is a different model: the same check must then fail, loudly.
     other = sources.load_model(sources.resolve_source("m18", random_init=True, seed=6))
-    cases = verification_cases((out / "textual/tokenizer.json").read_text(), manifest)
-    bad = check_bundle(out, reference_outputs(other.model, cases), cases, manifest=manifest)
+    stored = read_reference(out, manifest)
+    reference = StoredReference(stored.cases, reference_outputs(other.model, stored.cases), stored.images)
+    bad = check_bundle(out, reference, manifest=manifest)
     assert not bad.passed and any("cosine" in f or "max |diff|" in f for f in bad.failures)
 
 
@@ -363,17 +367,17 @@ def test_failed_export_leaves_nothing_behind(transformers_checkpoint: Path, tmp_
 
 
 def test_verification_failure_fails_the_export(transformers_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from altclip_onnx.export import build
+    from altclip_onnx.export import verify
 
-    real = build.reference_outputs
+    real = verify.reference_outputs
 
     def skewed(model, cases):  # type: ignore[no-untyped-def]
         outputs = real(model, cases)
         outputs[0]["image_embeds"] = outputs[0]["image_embeds"] * 1.01
         return outputs
 
-    monkeypatch.setattr(build, "reference_outputs", skewed)
-    with pytest.raises(VerificationError, match="ONNX does not match PyTorch: visual fp32 photo b1 image_embeds"):
+    monkeypatch.setattr(verify, "reference_outputs", skewed)
+    with pytest.raises(VerificationError, match="ONNX does not match PyTorch: visual fp32 image 1 b1 image_embeds"):
         export_bundle(str(transformers_checkpoint), tmp_path / "bad", ExportOptions())
     assert not (tmp_path / "bad").exists()
 

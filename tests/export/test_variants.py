@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +12,26 @@ import pytest
 
 from altclip_onnx.bundle import TEXTUAL, VISUAL, read_manifest
 from altclip_onnx.export import graphs
-from altclip_onnx.export.verify import Case, compare, zero_shot_agreement
+from altclip_onnx.precisions import PRECISIONS
+from altclip_onnx.runtime.encoder import Encoder
+from altclip_onnx.verification.check import allowed_disagreements, compare, zero_shot_agreement
+from altclip_onnx.verification.reference import Case, read_reference
 
-# The gates as documented in README (written out here, not imported from the code they check):
+# The gates as documented (written out here, not imported from the code they check):
 # fp16 min cosine >= 0.9995; int8 min >= 0.98 and mean >= 0.995; zero-shot agreement >= 98%.
 MIN_COSINE = {"fp16": 0.9995, "int8": 0.98}
 MEAN_COSINE = {"int8": 0.995}
-from altclip_onnx.runtime.encoder import Encoder
+ZERO_SHOT_MIN_CASES = 30
 
 
 def test_variants_pass_their_gates(tiny_bundle: Path) -> None:
     report = json.loads((tiny_bundle / "verify.json").read_text())
+    cases = read_reference(tiny_bundle, read_manifest(tiny_bundle)).cases
     assert report["passed"]
     for precision in ("int8", "fp16"):
         for tower in (VISUAL, TEXTUAL):
             rows = [r for r in report["rows"] if r["precision"] == precision and r["tower"] == tower]
-            assert len(rows) == (6 if tower == VISUAL else 10)
+            assert len(rows) == 2 * sum(1 for c in cases if c.tower == tower)  # two outputs per case
             assert min(r["min_cosine"] for r in rows) >= MIN_COSINE[precision]
             if precision in MEAN_COSINE:
                 assert np.mean([r["mean_cosine"] for r in rows]) >= MEAN_COSINE[precision]
@@ -34,10 +39,13 @@ def test_variants_pass_their_gates(tiny_bundle: Path) -> None:
     fp16 = min(r["min_cosine"] for r in report["rows"] if r["precision"] == "fp16")
     int8 = min(r["min_cosine"] for r in report["rows"] if r["precision"] == "int8")
     assert fp16 >= 0.9995 and int8 < fp16
+    images = sum(c.size for c in cases if c.tower == VISUAL)
     for precision in ("int8", "fp16"):
         zs = report["zero_shot_agreement"][precision]
-        assert zs["all_cases"] == 8
-        assert zs["agreement"] is None or zs["agreement"] >= 0.98
+        assert zs["all_cases"] == images
+        # The tiny bundle's seed gives enough confident images to gate on: the gate really ran.
+        assert zs["gated"] and zs["confident_cases"] >= ZERO_SHOT_MIN_CASES
+        assert zs["confident_cases"] - zs["agreeing"] <= zs["allowed_disagreements"]
 
 
 def test_manifest_records_accuracy_sizes_and_fusions(tiny_bundle: Path) -> None:
@@ -106,7 +114,7 @@ def test_gates_fail_when_a_variant_drifts() -> None:
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((8, 16)).astype(np.float32)
     drift = (ref + 0.25 * rng.standard_normal(ref.shape)).astype(np.float32)  # cosine ~0.97
-    case = Case(VISUAL, "photos b8", {"pixel_values": np.zeros((8, 3, 2, 2), np.float32)})
+    case = Case(VISUAL, "images b8", {"pixel_values": np.zeros((8, 3, 2, 2), np.float32)})
     norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     reference = [{"image_embeds": ref, "image_embeds_norm": norm(ref)}]
     actual = [{"image_embeds": drift, "image_embeds_norm": norm(drift)}]
@@ -117,18 +125,40 @@ def test_gates_fail_when_a_variant_drifts() -> None:
     assert not failures
 
 
-def test_zero_shot_agreement_counts_only_confident_cases() -> None:
-    eye = np.eye(8, 16, dtype=np.float32)
-    images = eye[:, :16]
-    texts = np.eye(16, 16, dtype=np.float32)
-    cases = [Case(VISUAL, "photos b8", {}), Case(TEXTUAL, "18 languages b8 padded", {})]
+def zero_shot_case(n_images: int, swaps: int, labels: int = 16) -> dict:
+    """n_images images, each pointing at one of ``labels`` labels; the first 2 x ``swaps`` swap labels pairwise."""
+    texts = np.eye(labels, dtype=np.float32)
+    images = texts[np.arange(n_images) % labels]
+    got = images.copy()
+    for pair in range(swaps):
+        got[[2 * pair, 2 * pair + 1]] = got[[2 * pair + 1, 2 * pair]]
+    cases = [Case(VISUAL, "images", {}), Case(TEXTUAL, "labels", {})]
     ref = [{"image_embeds_norm": images}, {"text_embeds_norm": texts}]
-    swapped = images[:, [1, 0] + list(range(2, 16))]  # the first two images now point at each other's label
-    got = [{"image_embeds_norm": swapped}, {"text_embeds_norm": texts}]
-    result = zero_shot_agreement(ref, got, cases, logit_scale=100.0)
+    actual = [{"image_embeds_norm": got}, {"text_embeds_norm": texts}]
+    return zero_shot_agreement(cases, ref, actual, logit_scale=100.0, gate=PRECISIONS["int8"].gate)
+
+
+def test_zero_shot_agreement_counts_only_confident_cases() -> None:
+    result = zero_shot_case(8, swaps=1)
     assert result["confident_cases"] == 8 and result["agreement"] == pytest.approx(6 / 8)
-    flat = [{"image_embeds_norm": np.zeros_like(images)}, {"text_embeds_norm": texts}]
-    assert zero_shot_agreement(flat, flat, cases, logit_scale=100.0)["agreement"] is None  # all near-ties: n/a
+    assert not result["gated"]  # 8 confident images: too few to decide anything
+    cases = [Case(VISUAL, "images", {}), Case(TEXTUAL, "labels", {})]
+    flat = [{"image_embeds_norm": np.zeros((8, 16), np.float32)}, {"text_embeds_norm": np.eye(16, dtype=np.float32)}]
+    assert zero_shot_agreement(cases, flat, flat, 100.0, PRECISIONS["int8"].gate)["agreement"] is None  # near-ties
+
+
+def test_no_single_image_decides_the_zero_shot_gate() -> None:
+    """At 64 confident images and 98%: one or two disagreements are chance, a rate well past 2% fails."""
+    allowed = allowed_disagreements(64, 0.98, 0.05)
+    assert allowed >= 2  # so neither one nor two images decide it
+    # The rule: the binomial tail of allowed + 1 disagreements at a 2% rate is under 5%, of allowed over it.
+    def tail(k: int) -> float:
+        return 1 - sum(math.comb(64, i) * 0.02**i * 0.98 ** (64 - i) for i in range(k))
+    assert tail(allowed + 1) < 0.05 <= tail(allowed)
+    passing = zero_shot_case(64, swaps=1)  # 2 disagreements
+    failing = zero_shot_case(64, swaps=allowed)  # 2 x allowed disagreements
+    assert passing["gated"] and passing["confident_cases"] - passing["agreeing"] <= passing["allowed_disagreements"]
+    assert failing["confident_cases"] - failing["agreeing"] > failing["allowed_disagreements"]
 
 
 def test_count_ops_sees_fusions(tiny_bundle: Path) -> None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from altclip_onnx import Encoder, IntegrityError, OutputError
 from altclip_onnx import bundle as bundle_module
-from altclip_onnx.bundle import VERIFIED_RECORD
+from altclip_onnx.bundle import REFERENCE_FILES, VERIFIED_RECORD
 from altclip_onnx.cli import main
 
 
@@ -65,9 +65,12 @@ def test_a_truncated_file_is_named_not_a_crash_in_onnxruntime(copy: Path) -> Non
 def test_checksums_are_checked_once_per_file_state(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = hash_calls(monkeypatch)
     Encoder(copy, precision="fp32")
-    assert sorted(calls) == ["model.onnx", "model.onnx", "tokenizer.json"]  # both towers' graphs, tokenizer
+    # Both towers' graphs, the tokenizer, and the reference the first-use check reads.
+    reference = [Path(name).name for name in REFERENCE_FILES]
+    assert sorted(calls) == sorted(["model.onnx", "model.onnx", "tokenizer.json", *reference])
     record = json.loads((copy / VERIFIED_RECORD).read_text())
-    assert set(record["files"]) == {"visual/model.onnx", "textual/model.onnx", "textual/tokenizer.json"}
+    assert set(record["files"]) == {"visual/model.onnx", "textual/model.onnx", "textual/tokenizer.json",
+                                    *REFERENCE_FILES}
     calls.clear()
     Encoder(copy, precision="fp32")
     assert calls == []  # recorded: a restart does not hash 2 GB again
@@ -92,7 +95,8 @@ def test_a_read_only_bundle_is_checked_every_time(copy: Path, monkeypatch: pytes
     monkeypatch.setattr(bundle_module, "write_json", refuse)
     for _ in range(2):
         Encoder(copy, precision="fp32")
-    assert len(calls) == 6 and not (copy / VERIFIED_RECORD).exists()
+    files = 3 + len(REFERENCE_FILES)  # two graphs, the tokenizer, the reference
+    assert len(calls) == 2 * files and not (copy / VERIFIED_RECORD).exists()
 
 
 def test_the_cli_refuses_in_one_line_and_writes_nothing(copy: Path, fixture_photos: list[Path],

@@ -62,8 +62,13 @@ result = {
     "verify": run_cli("verify", bundle, "--integrity"),
     "doctor": run_cli("doctor"),
     "export": run_cli("export", bundle, "-o", bundle + "-never-written"),
-    "verify_against_pytorch": run_cli("verify", bundle),
+    "verify_against_pytorch": run_cli("verify", bundle, "--model", "manifest"),
 }
+import shutil
+import tempfile
+
+copy = shutil.copytree(bundle, tempfile.mkdtemp() + "/bundle")  # verify writes its report into the bundle
+result["verify_stored"] = run_cli("verify", copy)
 import importlib.util
 
 result["blocked"] = {}
@@ -122,13 +127,16 @@ def test_cli_verify_integrity_and_doctor_run_without_torch(blocked_run: dict) ->
     verify = blocked_run["verify"]
     assert verify["code"] == 0, verify["stderr"]
     assert "files match the manifest" in verify["stdout"]
+    stored = blocked_run["verify_stored"]  # the PyTorch reference the bundle carries: no torch needed
+    assert stored["code"] == 0, stored["stderr"]
+    assert "verification passed" in stored["stdout"]
     doctor = blocked_run["doctor"]
     assert doctor["code"] == 0, doctor["stderr"]
     assert "onnxruntime" in doctor["stdout"].lower()
 
 
 @pytest.mark.parametrize(
-    ("command", "feature"), [("export", "export"), ("verify_against_pytorch", "verify against PyTorch")]
+    ("command", "feature"), [("export", "export"), ("verify_against_pytorch", "verify against PyTorch afresh")]
 )
 def test_export_features_say_how_to_install_them_in_one_line(blocked_run: dict, command: str, feature: str) -> None:
     run = blocked_run[command]
@@ -169,6 +177,7 @@ EXPECTED_ALL = [
     "StoreError",
     "TipAdapter",
     "VerificationError",
+    "VerifyReport",
     "__version__",
     "build_cache",
     "check_integrity",
@@ -179,6 +188,7 @@ EXPECTED_ALL = [
     "read_embeddings",
     "read_manifest",
     "require_integrity",
+    "verify_bundle",
 ]
 ERRORS = ["BundleError", "BusyError", "CacheError", "ExportError", "InputError", "IntegrityError", "OutputError",
           "SourceError", "StoreError", "VerificationError", "MissingDependencyError"]

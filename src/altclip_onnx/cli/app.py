@@ -23,6 +23,7 @@ from ..precisions import AUTO, PRECISION_NAMES, parse_precisions
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROVIDER_ENV = "ONNX_PROVIDER"
+NO_SELF_CHECK_ENV = "ALTCLIP_NO_SELF_CHECK"
 AUTO_OR_PRECISIONS = [AUTO, *PRECISION_NAMES]
 
 
@@ -50,13 +51,19 @@ def friendly_errors(func: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--no-self-check", is_flag=True, envvar=NO_SELF_CHECK_ENV, show_envvar=True,
+              help="Use a bundle variant on this machine and provider without checking it against the PyTorch "
+                   "reference the bundle carries (the check runs once per machine and provider otherwise).")
 @click.version_option(None, "-V", "--version", package_name="altclip-onnx")
-def main(verbose: int) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int, no_self_check: bool) -> None:
     """Export AltCLIP (multilingual CLIP) to verified ONNX bundles and run them without PyTorch.
 
     Exit codes: 0 done; 1 error; 2 usage error; 3 verification failed; 4 done, but some inputs
-    failed (listed on stderr); 130 interrupted.
+    failed (listed on stderr); 130 interrupted. Any command that runs a bundle exits 3 when a variant
+    fails its first-use check on this machine (see --no-self-check).
     """
+    ctx.obj = {"self_check": not no_self_check}
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
 
@@ -144,10 +151,17 @@ def json_option(help: str) -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
+def self_check() -> bool:
+    """False when the user turned the first-use check off (altclip-onnx --no-self-check ...)."""
+    context = click.get_current_context(silent=True)
+    obj = context.find_root().obj if context is not None else None
+    return bool(obj.get("self_check", True)) if isinstance(obj, dict) else True
+
+
 def load_encoder(bundle: str, provider: str | None, precision: str, threads: int | None) -> Any:
     from ..runtime.encoder import Encoder
 
-    return Encoder(bundle, provider=provider, precision=precision, threads=threads)
+    return Encoder(bundle, provider=provider, precision=precision, threads=threads, self_check=self_check())
 
 
 def line_source(value: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -61,14 +62,24 @@ def export(source: str | None, output: Path | None, random_init: bool, seed: int
 
 @main.command()
 @bundle_argument
-@click.option("--model", "model_source", help="Reference model (default: the source recorded in the manifest).")
-@click.option("--integrity", is_flag=True, help="Only check every file against the manifest's sha256 (no torch).")
+@provider_option
 @precisions_option(None, "Precisions to check [default: all in the bundle].")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Hub download cache [default: ./model].")
+@threads_option
+@click.option("--model", "model_source",
+              help="Run PyTorch afresh as the reference (the [export] extra): a Hub id, a short name or a checkpoint "
+                   "folder; 'manifest' for the source the manifest records.")
+@click.option("--integrity", is_flag=True, help="Only check every file against the manifest's sha256.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Hub download cache, with --model [default: ./model].")
+@json_option("Print the report as JSON (what verify.json holds).")
 @friendly_errors
-def verify(bundle: str, model_source: str | None, integrity: bool, precisions: tuple[str, ...],
-           cache_dir: Path | None) -> None:
-    """Compare a bundle with the PyTorch reference (or, with --integrity, with its checksums)."""
+def verify(bundle: str, provider: str | None, precisions: tuple[str, ...], threads: int | None,
+           model_source: str | None, integrity: bool, cache_dir: Path | None, as_json: bool) -> None:
+    """Check a bundle's numbers on this machine against the PyTorch reference it carries (no torch needed).
+
+    Every precision runs with --provider on the bundle's verification cases, under the gates export used
+    (cosine, max |diff|, batch invariance, zero-shot agreement). Exit code 3 when one fails. A pass is
+    recorded, so Encoder's first-use check on this machine and provider is already done.
+    """
     from ..hub import locate_bundle
 
     folder = locate_bundle(bundle)
@@ -78,11 +89,21 @@ def verify(bundle: str, model_source: str | None, integrity: bool, precisions: t
         manifest = require_integrity(folder)
         click.echo(f"{bundle}: all {len(manifest.files)} files match the manifest")
         return
-    require_export_extra("verify against PyTorch")
-    from ..export.verify import verify_bundle
+    if model_source is not None:
+        require_export_extra("verify against PyTorch afresh (--model)")
+        from ..export.verify import verify_against_model
 
-    report = verify_bundle(folder, model_source=model_source, precisions=list(precisions) or None,
-                           cache_dir=str(cache_dir) if cache_dir else None, progress=step_printer())
+        report = verify_against_model(folder, model_source=None if model_source == "manifest" else model_source,
+                                      precisions=list(precisions) or None, provider=provider, threads=threads,
+                                      cache_dir=str(cache_dir) if cache_dir else None, progress=step_printer())
+    else:
+        from ..verification import verify_bundle
+
+        report = verify_bundle(folder, provider=provider, precisions=list(precisions) or None, threads=threads,
+                               progress=step_printer())
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
     click.echo(report.format_table())
     click.echo(f"report written to {folder / 'verify.json'}")
 

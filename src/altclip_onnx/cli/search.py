@@ -17,6 +17,7 @@ from .app import (
     friendly_errors,
     json_option,
     load_encoder,
+    self_check,
     main,
     provider_option,
     report_failures,
@@ -80,7 +81,8 @@ def search_command(query: str | None, db: str, image: Path | None, k: int, as_js
     if (query is None) == (image is None):
         raise click.UsageError("give either a text QUERY or --image FILE")
     with Index.open(db) as index:
-        encoder = index.encoder(bundle, provider=provider, precision=precision, threads=threads)
+        encoder = index.encoder(bundle, provider=provider, precision=precision, threads=threads,
+                                self_check=self_check())
         hits = index.search_image(encoder, image, k) if image is not None else index.search_text(encoder, query, k)
     if as_json:
         click.echo(json.dumps([{"id": h.id, "path": h.path, "score": round(h.score, 6)} for h in hits],

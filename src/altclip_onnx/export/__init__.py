@@ -6,6 +6,6 @@ Heavy imports stay inside the functions that need them, so this package imports 
 from __future__ import annotations
 
 from .build import ExportOptions, ExportResult, export_bundle
-from .verify import VerifyReport, verify_bundle
+from .verify import verify_against_model
 
-__all__ = ["ExportOptions", "ExportResult", "VerifyReport", "export_bundle", "verify_bundle"]
+__all__ = ["ExportOptions", "ExportResult", "export_bundle", "verify_against_model"]

@@ -20,7 +20,9 @@ from ..precisions import parse_precisions
 from . import towers as tower_export
 from .sources import LoadedModel, load_model, resolve_source
 from .variants import make_variants
-from .verify import VerifyReport, check_bundle, raise_if_failed, reference_outputs, verification_cases, write_report
+from ..verification import VerifyReport, check_bundle, raise_if_failed, write_report
+from ..verification.reference import write_reference
+from .verify import build_reference
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +85,18 @@ def export_bundle(
         (stage / TOKENIZER).parent.mkdir(parents=True, exist_ok=True)
         (stage / TOKENIZER).write_text(loaded.tokenizer_json, encoding="utf-8")
         write_json(stage / PREPROCESSOR, loaded.image.preprocessor_config())
+        reference_files: list[str] = []
         if options.verify:
-            # Before export: the exporter may change the model it traces (see towers.export_tower).
+            # Before export: the exporter may change the model it traces (see towers.export_tower). Stored in
+            # the bundle, so any machine can verify it without torch.
             progress("computing the PyTorch reference")
-            cases = verification_cases(loaded.tokenizer_json, make_manifest(loaded, options, towers={}, files={}))
-            reference = reference_outputs(loaded.model, cases)
-        manifest = write_graphs(loaded, stage, precisions, options, progress)
+            reference = build_reference(loaded.model, loaded.tokenizer_json,
+                                        make_manifest(loaded, options, towers={}, files={}))
+            reference_files = write_reference(stage, reference)
+        manifest = write_graphs(loaded, stage, precisions, options, progress, reference_files)
         report = None
         if options.verify:
-            report = check_bundle(stage, reference, cases, manifest=manifest, progress=progress)
+            report = check_bundle(stage, reference, manifest=manifest, progress=progress)
             write_report(stage, report)
             raise_if_failed(report, output)
             manifest = record_accuracy(stage, manifest, report)
@@ -99,7 +104,7 @@ def export_bundle(
 
 
 def write_graphs(loaded: LoadedModel, stage: Path, precisions: tuple[str, ...], options: ExportOptions,
-                 progress: Callable[[str], None]) -> Manifest:
+                 progress: Callable[[str], None], reference_files: list[str]) -> Manifest:
     """Export both towers into ``stage`` with every requested precision; checksum; write the manifest.
 
     Memory: the PyTorch model is released once both raw graphs exist, and every graph transformation
@@ -133,8 +138,9 @@ def write_graphs(loaded: LoadedModel, stage: Path, precisions: tuple[str, ...], 
                 rel = [f.resolve().relative_to(stage).as_posix() for f in files]
                 variants[tower][precision] = Variant(precision, rel[0], tuple(rel), fused_ops=count_ops(files[0]))
     progress("checksumming")
-    files = {rel: file_entry(stage, rel) for rel in bundle_files(variants)}
-    manifest = make_manifest(loaded, options, towers=variants, files=files)
+    files = {rel: file_entry(stage, rel) for rel in [*bundle_files(variants), *reference_files]}
+    manifest = dataclasses.replace(make_manifest(loaded, options, towers=variants, files=files),
+                                   reference=tuple(reference_files))
     write_json(stage / MANIFEST, manifest.to_json())
     return manifest
 

@@ -18,6 +18,7 @@ from ..errors import BundleError, InputError
 from ..precisions import AUTO, PRECISION_NAMES, auto_order
 from .images import ImageInput, preprocess_batch
 from .providers import choose_providers, make_session
+from ..verification.selfcheck import ensure_verified
 from .text import check_texts, load_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,12 @@ class Encoder:
     ``threads``: onnxruntime intra-op threads (None: its default, one per physical core).
     ``check_files``: before anything runs, check the chosen variants' files and the tokenizer against the
     manifest (sizes always, sha256 once per file state: see :func:`~altclip_onnx.bundle.verify_files`).
+    ``self_check``: the first time a tower's variant runs with this provider, onnxruntime build and CPU/GPU,
+    hold its outputs on the bundle's quick verification cases against the PyTorch reference the bundle
+    carries, and refuse it (:class:`~altclip_onnx.errors.VerificationError`) when it fails its gate; a pass
+    is recorded so later starts skip it (see :mod:`altclip_onnx.verification.selfcheck`). False: trust it.
+    ``spinning``: let onnxruntime's idle worker threads busy-wait between runs (fastest for one session
+    alone; turn it off when sessions, decoders or a server's event loop share the cores).
     """
 
     def __init__(
@@ -109,6 +116,8 @@ class Encoder:
         threads: int | None = None,
         max_length: int | None = None,
         check_files: bool = True,
+        self_check: bool = True,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime
 
@@ -119,6 +128,8 @@ class Encoder:
         self.provider = provider
         self.providers = choose_providers(onnxruntime.get_available_providers(), provider)
         self.threads = threads
+        self.self_check = self_check
+        self.spinning = spinning
         self.precisions = {
             tower: pick_precision(self.manifest, tower, precision, self.providers[0]) for tower in (VISUAL, TEXTUAL)
         }
@@ -130,7 +141,8 @@ class Encoder:
         self._identity: ModelIdentity | None = None
         if check_files:
             chosen = [f for tower, p in self.precisions.items() for f in self.manifest.towers[tower][p].files]
-            verify_files(self.bundle, self.manifest, [*chosen, TOKENIZER])
+            checked = list(self.manifest.reference) if self_check else []  # the self-check reads the reference
+            verify_files(self.bundle, self.manifest, [*chosen, TOKENIZER, *checked])
 
     def __repr__(self) -> str:
         return (
@@ -154,10 +166,21 @@ class Encoder:
         return self._identity
 
     def session(self, tower: str) -> Any:
+        """The tower's onnxruntime session, loaded (and, the first time here, checked) on first use."""
         if tower not in self._sessions:
-            variant = self.manifest.towers[tower][self.precisions[tower]]
-            self._sessions[tower] = make_session(self.bundle / variant.path, provider=self.provider, threads=self.threads)
+            precision = self.precisions[tower]
+            variant = self.manifest.towers[tower][precision]
+            session = make_session(self.bundle / variant.path, provider=self.provider, threads=self.threads,
+                                   spinning=self.spinning)
+            if self.self_check:
+                ensure_verified(self.bundle, self.manifest, tower, precision, session)
+            self._sessions[tower] = session
         return self._sessions[tower]
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        """int64 [N]: how many tokens each text becomes (after truncation), as the text tower sees it."""
+        encodings = self.tokenizer.encode_batch(check_texts(texts))
+        return np.array([sum(e.attention_mask) for e in encodings], dtype=np.int64)
 
     # --- text -------------------------------------------------------------------------------------
 

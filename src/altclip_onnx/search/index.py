@@ -183,16 +183,17 @@ class Index:
         return ModelRecord.from_info(self.store.info)
 
     def encoder(self, bundle: str | os.PathLike[str] | None = None, *, provider: str | None = None,
-                precision: str | None = None, threads: int | None = None) -> Encoder:
+                precision: str | None = None, threads: int | None = None, **settings: bool) -> Encoder:
         """An Encoder for queries: ``bundle`` or else the one recorded in the index, at the index's
-        precision when the bundle has it (else "auto") unless ``precision`` says otherwise."""
+        precision when the bundle has it (else "auto") unless ``precision`` says otherwise. ``settings``:
+        Encoder's ``self_check`` and ``spinning``."""
         model = self._require_model()
         try:
             folder = locate_bundle(bundle or model.bundle)  # hf://OWNER/REPO: the Hub snapshot
             if precision is None:
                 manifest = read_manifest(folder)
                 precision = model.precision if model.precision in manifest.precisions(VISUAL) else "auto"
-            return Encoder(folder, provider=provider, precision=precision, threads=threads)
+            return Encoder(folder, provider=provider, precision=precision, threads=threads, **settings)
         except BundleError as exc:
             if bundle is not None:
                 raise

@@ -1,0 +1,296 @@
+"""Run a bundle's graphs on the verification cases and hold them against the reference, gate by gate.
+
+The reference is PyTorch's outputs: stored in the bundle (:mod:`.reference`), or computed afresh by the
+export side. Gates are declared once, in :mod:`altclip_onnx.precisions`; this module applies them:
+
+- per row and output: cosine and max |diff| to the reference (``min_cosine``, ``max_abs_rel``), and the
+  mean cosine per tower (``mean_cosine``);
+- batch invariance: rows of the ``alone`` cases run again one at a time and must give the same vector;
+- zero-shot agreement: each image's top label over the sentences (as labels) must agree with the
+  reference's wherever the reference is confident. The gate counts at least ``zero_shot_min_cases``
+  confident images and fails only when the disagreements are too many to be chance for a variant that
+  truly agrees on ``zero_shot_agreement`` of them (binomial tail below ``zero_shot_significance``), so no
+  single image decides it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..bundle import TEXTUAL, TOWER_OUTPUTS, TOWERS, VISUAL
+from ..precisions import PRECISIONS, Gate
+from .reference import Case, StoredReference
+
+Outputs = list[dict[str, np.ndarray]]
+
+ZERO_SHOT_MARGIN = 0.05  # the reference's top label must lead the runner-up by this much probability to count
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    denom = np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1)
+    return np.sum(a64 * b64, axis=-1) / np.maximum(denom, 1e-30)
+
+
+def single_row(inputs: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
+    """One row of a batched input as a batch of one; a text without the padding the batch gave it."""
+    one = {name: value[row : row + 1] for name, value in inputs.items()}
+    if "attention_mask" in one:
+        length = int(one["attention_mask"].sum())  # right-padded: the real tokens come first
+        one = {name: value[:, :length] for name, value in one.items()}
+    return one
+
+
+def run_cases(session: Any, tower: str, cases: list[Case], *, alone_rows: int | None = None) -> tuple[Outputs, float]:
+    """Outputs of ``tower``'s cases (an empty dict for the other tower's), and the lowest cosine between a row
+    of an ``alone`` case run by itself and the same row in its batch (1.0 when none ran).
+
+    ``alone_rows``: at most this many rows of each ``alone`` case run by themselves (None: all).
+    """
+    names = list(TOWER_OUTPUTS[tower])
+    normalized = names[1]
+    results: Outputs = [{} for _ in cases]
+    lowest = 1.0
+    for i, case in enumerate(cases):
+        if case.tower != tower:
+            continue
+        results[i] = dict(zip(names, session.run(names, case.inputs)))
+        if not case.alone or case.size < 2:
+            continue
+        for row in range(case.size if alone_rows is None else min(alone_rows, case.size)):
+            vector = session.run([normalized], single_row(case.inputs, row))[0]
+            lowest = min(lowest, float(cosine_rows(vector, results[i][normalized][row : row + 1])[0]))
+    return results, lowest
+
+
+@dataclass
+class Row:
+    tower: str
+    precision: str
+    case: str
+    shape: str
+    output: str
+    max_abs_diff: float
+    max_abs_reference: float
+    min_cosine: float
+    mean_cosine: float
+    passed: bool
+
+
+@dataclass
+class VerifyReport:
+    rows: list[Row] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    fused_ops: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # tower -> precision -> op -> n
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self, tower: str, precision: str) -> dict[str, float]:
+        rows = [r for r in self.rows if r.tower == tower and r.precision == precision]
+        if not rows:
+            return {}
+        return {
+            "max_abs_diff": max(r.max_abs_diff for r in rows),
+            "min_cosine": min(r.min_cosine for r in rows),
+            "mean_cosine": float(np.mean([r.mean_cosine for r in rows])),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "failures": self.failures,
+            "gates": {name: dataclasses.asdict(p.gate) for name, p in PRECISIONS.items()},
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+            "fused_ops": self.fused_ops,
+            **self.extra,
+        }
+
+    def format_table(self) -> str:
+        width = max([24, *(len(r.case) for r in self.rows)])
+        header = (f"{'tower':<8} {'prec':<5} {'case':<{width}} {'shape':<7} {'output':<18} {'max|diff|':>10} "
+                  f"{'min cos':>10}  ok")
+        lines = [header, "-" * len(header)]
+        for r in self.rows:
+            lines.append(
+                f"{r.tower:<8} {r.precision:<5} {r.case:<{width}} {r.shape:<7} {r.output:<18} "
+                f"{r.max_abs_diff:>10.2e} {r.min_cosine:>10.7f}  {'yes' if r.passed else 'NO'}"
+            )
+        for tower, by_precision in self.fused_ops.items():
+            for precision, ops in by_precision.items():
+                if ops:
+                    listed = ", ".join(f"{op} {n}" for op, n in sorted(ops.items()))
+                    lines.append(f"fused ops, {tower} {precision}: {listed}")
+        for precision, zs in self.extra.get("zero_shot_agreement", {}).items():
+            lines.append(f"zero-shot top-1 agreement, {precision}: {describe_agreement(zs)}")
+        for precision, towers in self.extra.get("batch_invariance", {}).items():
+            listed = ", ".join(f"{tower} {value:.7f}" for tower, value in towers.items())
+            lines.append(f"same input alone and inside a batch, {precision}: min cosine {listed}")
+        sensitivity = self.extra.get("max_cosine_between_inputs", {})
+        if sensitivity:
+            listed = ", ".join(f"{tower} {value:.4f}" for tower, value in sensitivity.items())
+            lines.append(f"largest cosine between unrelated inputs (reference): {listed}")
+        where = self.extra.get("where")
+        if where:
+            lines.append(f"checked on: {where}")
+        lines += [f"FAILED: {f}" for f in self.failures]
+        lines.append("verification passed" if self.passed else "verification FAILED")
+        return "\n".join(lines)
+
+
+def describe_agreement(zs: dict[str, Any]) -> str:
+    n, agree = zs["confident_cases"], zs["agreeing"]
+    counted = f"{agree} of {n} confident images agree ({zs['all_cases']} images)"
+    if not zs["gated"]:
+        return f"{counted}; not gated: fewer than {zs['min_cases']} confident images"
+    return f"{counted}; fails above {zs['allowed_disagreements']} disagreements"
+
+
+def compare(cases: list[Case], reference: Outputs, actual: Outputs, precision: str) -> tuple[list[Row], list[str]]:
+    """Rows and failures of the per-row gates (cosine, max |diff|) and the per-tower mean cosine."""
+    gate: Gate = PRECISIONS[precision].gate
+    rows, failures = [], []
+    for case, ref, got in zip(cases, reference, actual):
+        if not got:
+            continue
+        for output, ref_value in ref.items():
+            value = got[output]
+            if value.shape != ref_value.shape or not np.all(np.isfinite(value)):
+                failures.append(f"{case.tower} {precision} {case.name} {output}: shape {value.shape} or non-finite values")
+                continue
+            max_abs = float(np.max(np.abs(value.astype(np.float64) - ref_value)))
+            ref_max = float(np.max(np.abs(ref_value)))
+            cos = cosine_rows(value, ref_value)
+            ok = True
+            if gate.max_abs_rel is not None and max_abs > gate.max_abs_rel * max(1.0, ref_max):
+                ok = False
+                failures.append(f"{case.tower} {precision} {case.name} {output}: max |diff| {max_abs:.3g} > "
+                                f"{gate.max_abs_rel:g} x max(1, {ref_max:.3g})")
+            if gate.min_cosine is not None and float(cos.min()) < gate.min_cosine:
+                ok = False
+                failures.append(f"{case.tower} {precision} {case.name} {output}: cosine {cos.min():.6f} < "
+                                f"{gate.min_cosine}")
+            rows.append(Row(case.tower, precision, case.name, case.shape, output, max_abs, ref_max,
+                            float(cos.min()), float(cos.mean()), ok))
+    if gate.mean_cosine is not None:
+        for tower in TOWERS:
+            values = [r.mean_cosine for r in rows if r.tower == tower]
+            if values and float(np.mean(values)) < gate.mean_cosine:
+                failures.append(f"{tower} {precision}: mean cosine {np.mean(values):.5f} < {gate.mean_cosine}")
+    return rows, failures
+
+
+def allowed_disagreements(n: int, agreement: float, significance: float) -> int:
+    """The most disagreements among ``n`` that are still likely (tail probability >= ``significance``) for a
+    variant that truly disagrees on ``1 - agreement`` of the cases: one more fails the gate."""
+    rate = 1.0 - agreement
+    if rate <= 0.0:
+        return 0
+    tail = 1.0  # P(X >= k) for X ~ Binomial(n, rate), from k = 0 on
+    for k in range(1, n + 1):
+        tail -= math.comb(n, k - 1) * rate ** (k - 1) * (1.0 - rate) ** (n - k + 1)
+        if tail < significance:
+            return k - 1
+    return n
+
+
+def zero_shot_agreement(cases: list[Case], reference: Outputs, actual: Outputs, logit_scale: float,
+                        gate: Gate) -> dict[str, Any]:
+    """Top-1 of each image over the sentences as labels, the variant's against the reference's (see the module)."""
+    def probabilities(outputs: Outputs) -> np.ndarray:
+        images = np.concatenate([o["image_embeds_norm"] for o, c in zip(outputs, cases) if c.tower == VISUAL and c.zero_shot])
+        texts = np.concatenate([o["text_embeds_norm"] for o, c in zip(outputs, cases) if c.tower == TEXTUAL and c.zero_shot])
+        logits = logit_scale * images.astype(np.float64) @ texts.T.astype(np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    ref, got = probabilities(reference), probabilities(actual)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) >= ZERO_SHOT_MARGIN
+    agree = ref.argmax(axis=1) == got.argmax(axis=1)
+    n = int(confident.sum())
+    needed = gate.zero_shot_agreement or 0.0
+    allowed = allowed_disagreements(n, needed, gate.zero_shot_significance)
+    return {
+        "confident_cases": n,
+        "agreeing": int(agree[confident].sum()),
+        "all_cases": int(len(ref)),
+        "agreement": float(agree[confident].mean()) if n else None,
+        "agreement_all_cases": float(agree.mean()),
+        "min_cases": gate.zero_shot_min_cases,
+        "gated": n >= gate.zero_shot_min_cases,
+        "allowed_disagreements": allowed,
+    }
+
+
+def input_sensitivity(reference: StoredReference) -> dict[str, float]:
+    """Largest cosine between the reference embeddings of unrelated inputs, per tower.
+
+    A model that gives every input nearly the same embedding would make every parity check pass; the
+    report shows this number so such a model is noticed. Unrelated: the distinct images (the shipped
+    photos and the synthetic patterns, not their transformed copies) and the sentences.
+    """
+    images = {row: out["image_embeds_norm"][j] for case, out in zip(reference.cases, reference.outputs)
+              if case.tower == VISUAL for j, row in enumerate(case.rows)}
+    pools = {
+        VISUAL: [images[row] for row in reference.distinct_images if row in images],
+        TEXTUAL: [v for case, out in zip(reference.cases, reference.outputs)
+                  if case.tower == TEXTUAL and case.zero_shot for v in out["text_embeds_norm"]],
+    }
+    result = {}
+    for tower, vectors in pools.items():
+        if len(vectors) < 2:
+            continue
+        stacked = np.stack(vectors).astype(np.float64)
+        sims = stacked @ stacked.T
+        np.fill_diagonal(sims, -1.0)
+        result[tower] = float(sims.max())
+    return result
+
+
+def check_precision(
+    reference: StoredReference,
+    precision: str,
+    session_for: Callable[[str], Any],
+    *,
+    logit_scale: float,
+    towers: tuple[str, ...] = TOWERS,
+    quick: bool = False,
+) -> tuple[list[Row], list[str], dict[str, float], dict[str, Any] | None]:
+    """One precision against the reference: (rows, failures, lowest batch-invariance cosine per tower,
+    zero-shot agreement or None).
+
+    ``session_for(tower)`` gives the session to run. ``quick``: only the ``quick`` cases and the first row of
+    each alone (the first-use check); no zero-shot check (too few images to gate on).
+    """
+    gate = PRECISIONS[precision].gate
+    indices = [i for i, c in enumerate(reference.cases) if c.tower in towers and (c.quick or not quick)]
+    cases = [reference.cases[i] for i in indices]
+    expected = [reference.outputs[i] for i in indices]
+    outputs: Outputs = [{} for _ in cases]
+    invariance: dict[str, float] = {}
+    for tower in towers:
+        ran, invariance[tower] = run_cases(session_for(tower), tower, cases, alone_rows=1 if quick else None)
+        outputs = [o or r for o, r in zip(outputs, ran)]
+    rows, failures = compare(cases, expected, outputs, precision)
+    for tower, lowest in invariance.items():
+        if lowest < gate.batch_invariance:
+            failures.append(f"{tower} {precision}: an input alone and inside a batch give cosine {lowest:.6f} "
+                            f"(< {gate.batch_invariance}): vectors depend on the batch")
+    agreement = None
+    if precision != "fp32" and not quick and set(towers) == set(TOWERS):
+        agreement = zero_shot_agreement(cases, expected, outputs, logit_scale, gate)
+        disagreements = agreement["confident_cases"] - agreement["agreeing"]
+        if agreement["gated"] and disagreements > agreement["allowed_disagreements"]:
+            failures.append(f"{precision}: zero-shot top-1 disagrees with the reference on {disagreements} of "
+                            f"{agreement['confident_cases']} confident images (more than "
+                            f"{agreement['allowed_disagreements']} allowed for {gate.zero_shot_agreement:.0%} agreement)")
+    return rows, failures, invariance, agreement
