@@ -22,6 +22,7 @@ from .app import (
     friendly_errors,
     main,
     provider_option,
+    self_check,
     threads_option,
 )
 
@@ -78,7 +79,8 @@ def serve(bundle: str, db: str | None, host: str, port: int, precision: str | No
     options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
                            max_pixels=max_pixels, workers=workers, api_key=key.strip() if key else None,
                            cors_origins=cors_origins)
-    service = Service.open(bundle, db=db, provider=provider, precision=precision, threads=threads, options=options)
+    service = Service.open(bundle, db=db, provider=provider, precision=precision, threads=threads,
+                           self_check=self_check(), options=options)
     try:
         sock = _listen(host, port)
     except BaseException:

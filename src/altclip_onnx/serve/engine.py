@@ -18,7 +18,6 @@ import numpy as np
 from ..bundle import TEXTUAL, VISUAL
 from ..errors import InputError
 from ..runtime.encoder import DEFAULT_TEMPLATES, Encoder, check_labels, fill_templates, l2_normalize
-from ..runtime.providers import make_session
 from .arrivals import Arrivals, current
 from .batcher import Batcher, BatchObserver
 from .media import image_pixels
@@ -45,14 +44,7 @@ class Engine:
 
     def load(self) -> None:
         """Load both sessions and the tokenizer now (once), so the first request does not pay for it and a
-        broken bundle fails at start-up.
-
-        The sessions are made without spinning: two towers' thread pools, the image decoding threads and the
-        event loop share the cores, and onnxruntime's idle threads busy-waiting after each run took them from
-        the others (on 2 cores with the test bundle: the same text throughput for half the server's CPU, and
-        1.3-1.7x the image throughput). Encoder has no option for it yet, so its session cache is filled here
-        (see :func:`_quiet_sessions`)."""
-        _quiet_sessions(self.encoder)
+        broken bundle, or one that fails its first-use check here, fails at start-up."""
         self.encoder.session(VISUAL)
         self.encoder.session(TEXTUAL)
         self.encoder.tokenizer  # noqa: B018  (loads it)
@@ -67,8 +59,7 @@ class Engine:
 
     def _run_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         vectors = self.encoder.encode_texts(texts, batch_size=self.options.max_batch)
-        tokens = np.array([sum(e.attention_mask) for e in self.encoder.tokenizer.encode_batch(texts)], dtype=np.int64)
-        return vectors, tokens
+        return vectors, self.encoder.token_counts(texts)
 
     def _run_pixels(self, pixels: list[np.ndarray]) -> np.ndarray:
         return self.encoder.encode_pixels(np.stack(pixels))
@@ -123,19 +114,6 @@ class Engine:
 
     def probabilities(self, image_embeds: np.ndarray, classifier: np.ndarray) -> np.ndarray:
         return self.encoder.probabilities(image_embeds, classifier)
-
-
-def _quiet_sessions(encoder: Encoder) -> None:
-    """Load ``encoder``'s sessions with onnxruntime's spinning off, the way :meth:`Encoder.session` would load
-    them otherwise. (To go once Encoder takes ``spinning=`` itself.)"""
-    sessions = getattr(encoder, "_sessions", None)
-    if not isinstance(sessions, dict):  # not the Encoder this was written against: keep its own sessions
-        return
-    for tower in (VISUAL, TEXTUAL):
-        if tower not in sessions:
-            variant = encoder.manifest.towers[tower][encoder.precisions[tower]]
-            sessions[tower] = make_session(encoder.bundle / variant.path, provider=encoder.provider,
-                                           threads=encoder.threads, spinning=False)
 
 
 def _arrived(tower: str) -> None:

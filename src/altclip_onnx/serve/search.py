@@ -46,10 +46,12 @@ class PhotoSearch:
     async def _async(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    def encoder(self, bundle: str, *, provider: str | None, precision: str | None, threads: int | None) -> Encoder:
+    def encoder(self, bundle: str, *, provider: str | None, precision: str | None, threads: int | None,
+                **settings: bool) -> Encoder:
         """The Encoder for ``bundle``, at the index's precision unless ``precision`` says otherwise; refused
         (StoreError) when it is another model than the one that made the index."""
-        encoder = self.call(self.index.encoder, bundle, provider=provider, precision=precision, threads=threads)
+        encoder = self.call(self.index.encoder, bundle, provider=provider, precision=precision, threads=threads,
+                            **settings)
         self.call(self.index.check, encoder)
         return encoder
 

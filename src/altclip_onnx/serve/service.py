@@ -38,15 +38,20 @@ class Service:
 
     @classmethod
     def open(cls, bundle: str, *, db: str | None = None, provider: str | None = None, precision: str | None = None,
-             threads: int | None = None, options: ServeOptions = ServeOptions()) -> Service:
+             threads: int | None = None, self_check: bool = True, options: ServeOptions = ServeOptions()) -> Service:
         """Load ``bundle`` (and the index ``db``) for serving. ``precision`` None: "auto", or with ``db`` the
-        precision the index was made with when the bundle has it (as ``altclip-onnx search`` does)."""
+        precision the index was made with when the bundle has it (as ``altclip-onnx search`` does).
+
+        Sessions run without onnxruntime's spinning: two towers' thread pools, the image decoding threads and
+        the event loop share the cores, and idle threads busy-waiting after each run take them from the others.
+        """
         search = PhotoSearch(db) if db is not None else None
+        settings = {"self_check": self_check, "spinning": False}
         try:
             if search is not None:
-                encoder = search.encoder(bundle, provider=provider, precision=precision, threads=threads)
+                encoder = search.encoder(bundle, provider=provider, precision=precision, threads=threads, **settings)
             else:
-                encoder = Encoder(bundle, provider=provider, precision=precision or "auto", threads=threads)
+                encoder = Encoder(bundle, provider=provider, precision=precision or "auto", threads=threads, **settings)
             service = cls(encoder, options, search=search)
         except BaseException:
             if search is not None:
