@@ -389,9 +389,14 @@ def test_export_cli_end_to_end(transformers_checkpoint: Path, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert "wrote ../cli (" in result.stdout
     assert "verification passed" in result.stdout and "max|diff|" in result.stdout
-    result = cli("verify", str(tmp_path / "cli"), "--model", str(transformers_checkpoint))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a photo of a cat\nEin Foto einer Rakete\n", encoding="utf-8")
+    result = cli("verify", str(tmp_path / "cli"), "--model", str(transformers_checkpoint), "--texts", str(texts))
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "cli" / "verify.json").read_text())["passed"] is True
+    report = json.loads((tmp_path / "cli" / "verify.json").read_text())
+    assert report["passed"] is True and "PyTorch" in report["your_data"]["reference"]
+    # Against PyTorch, every precision (fp32 too) is checked on the user's texts.
+    assert {r["precision"] for r in report["rows"] if r["case"].startswith("your texts")} == {"fp32", "int8"}
 
 
 def test_every_bundle_file_gets_the_usual_mode(transformers_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -198,3 +198,30 @@ def test_a_read_only_bundle_records_in_the_user_cache(read_only_bundle: Path, tm
     Encoder(bundle, precision="int8").encode_texts(["hi"])
     cached = list((tmp_path / "cache" / "altclip-onnx" / "verified").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["numbers"]
+
+
+def test_verify_adds_your_own_images_and_texts(tiny_bundle: Path, fixture_photos: list[Path], tmp_path: Path) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in fixture_photos:
+        shutil.copy(photo, photos / photo.name)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a photo of a cat\n一只猫\n\nEin Hund im Park\n", encoding="utf-8")
+    result = cli("verify", str(bundle), "--images", str(photos), "--texts", str(texts), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    own = [r for r in report["rows"] if r["case"].startswith("your ")]
+    precisions = [p for p in read_manifest(bundle).precisions(VISUAL) if p != "fp32"]  # fp32 is their reference
+    assert {r["precision"] for r in own} == set(precisions)
+    images = sum(int(r["shape"]) for r in own if r["tower"] == VISUAL and r["output"] == "image_embeds")
+    assert images == len(fixture_photos) * len(precisions)
+    assert "fp32" in report["your_data"]["reference"]
+    # Unusable own data: one line, naming the option.
+    result = cli("verify", str(bundle), "--texts", str(tmp_path / "missing.txt"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("verify", str(bundle), "--images", str(empty))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1 and len(errors) == 1 and str(empty) in errors[0] and "Traceback" not in result.stderr

@@ -68,12 +68,18 @@ def export(source: str | None, output: Path | None, random_init: bool, seed: int
 @click.option("--model", "model_source",
               help="Run PyTorch afresh as the reference (the [export] extra): a Hub id, a short name or a checkpoint "
                    "folder; 'manifest' for the source the manifest records.")
+@click.option("--images", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also your own images (a folder): against PyTorch with --model, else against the bundle's fp32 "
+                   "graphs on this machine once they passed the stored reference.")
+@click.option("--texts", type=click.Path(path_type=Path), metavar="FILE", help="Also your own texts, one per line "
+              "(as --images).")
 @click.option("--integrity", is_flag=True, help="Only check every file against the manifest's sha256.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Hub download cache, with --model [default: ./model].")
 @json_option("Print the report as JSON (what verify.json holds).")
 @friendly_errors
 def verify(bundle: str, provider: str | None, precisions: tuple[str, ...], threads: int | None,
-           model_source: str | None, integrity: bool, cache_dir: Path | None, as_json: bool) -> None:
+           model_source: str | None, images: Path | None, texts: Path | None, integrity: bool,
+           cache_dir: Path | None, as_json: bool) -> None:
     """Check a bundle's numbers on this machine against the PyTorch reference it carries (no torch needed).
 
     Every precision runs with --provider on the bundle's verification cases, under the gates export used
@@ -95,12 +101,13 @@ def verify(bundle: str, provider: str | None, precisions: tuple[str, ...], threa
 
         report = verify_against_model(folder, model_source=None if model_source == "manifest" else model_source,
                                       precisions=list(precisions) or None, provider=provider, threads=threads,
-                                      cache_dir=str(cache_dir) if cache_dir else None, progress=step_printer())
+                                      cache_dir=str(cache_dir) if cache_dir else None, images=images, texts=texts,
+                                      progress=step_printer())
     else:
         from ..verification import verify_bundle
 
         report = verify_bundle(folder, provider=provider, precisions=list(precisions) or None, threads=threads,
-                               progress=step_printer())
+                               images=images, texts=texts, progress=step_printer())
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         return

@@ -10,6 +10,7 @@ graphs is the runtime's :mod:`altclip_onnx.verification`, the same code a torch-
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import numpy as np
 
 from ..bundle import TOKENIZER, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL, Manifest, read_manifest
 from ..errors import SourceError
-from ..verification import VerifyReport, check_bundle, raise_if_failed, write_report
+from ..verification import VerifyReport, check_bundle, merge_own_data, raise_if_failed, write_report
+from ..verification.own_data import own_cases
 from ..verification.reference import Case, StoredReference, has_reference, read_reference
 from .verification_set import verification_cases, verification_images
 
@@ -64,10 +66,13 @@ def verify_against_model(
     provider: str | None = "cpu",
     threads: int | None = None,
     cache_dir: str | None = None,
+    images: str | os.PathLike[str] | None = None,
+    texts: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] = lambda step: None,
 ) -> VerifyReport:
     """``altclip-onnx verify --model``: PyTorch afresh on the bundle's own verification inputs (or, for a
-    bundle made before it carried them, on a newly built set), compared with the same gates."""
+    bundle made before it carried them, on a newly built set), compared with the same gates; ``images`` and
+    ``texts``: the user's own data too, against PyTorch at every precision."""
     from .sources import load_model, resolve_source
 
     folder = Path(bundle)
@@ -91,9 +96,17 @@ def verify_against_model(
                                     stored.image_notes, stored.distinct_images)
     else:
         reference = build_reference(loaded.model, (folder / TOKENIZER).read_text(encoding="utf-8"), manifest)
+    own = None
+    if images is not None or texts is not None:
+        cases, crops = own_cases(folder, manifest, images, texts)
+        own = StoredReference(cases, reference_outputs(loaded.model, cases), crops)
     del loaded
     report = check_bundle(folder, reference, manifest=manifest, precisions=precisions, provider=provider,
                           threads=threads, progress=progress)
+    if own is not None:
+        merge_own_data(report, check_bundle(folder, own, manifest=manifest, precisions=precisions, provider=provider,
+                                            threads=threads, record_passes=False, progress=progress),
+                       f"{len(own.cases)} cases against PyTorch")
     write_report(folder, report)
     raise_if_failed(report, folder)
     return report

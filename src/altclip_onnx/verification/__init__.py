@@ -11,6 +11,7 @@ export. Export computes the reference itself and calls :func:`check_bundle` with
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from ..bundle import (TEXTUAL, TOKENIZER, TOWER_INPUTS, TOWER_OUTPUTS, TOWERS, V
                       verify_files)
 from ..errors import AltclipOnnxError, VerificationError
 from ..files import write_json
-from ..precisions import PRECISION_NAMES
+from ..precisions import FP32, PRECISION_NAMES
 from .check import VerifyReport, check_precision, input_sensitivity
 from .reference import StoredReference, read_reference
 from .selfcheck import describe_where, record, verdict_key, where
@@ -68,11 +69,13 @@ def check_bundle(
     precisions: Sequence[str] | None = None,
     provider: str | None = "cpu",
     threads: int | None = None,
+    record_passes: bool = True,
     progress: Callable[[str], None] = lambda step: None,
 ) -> VerifyReport:
     """Run every requested precision of the bundle on the reference's cases with ``provider``; gate each.
 
-    Passing combinations are recorded as the first-use check would record them (:mod:`.selfcheck`).
+    ``record_passes``: record passing combinations as the first-use check would (:mod:`.selfcheck`); only
+    for the bundle's own stored reference, the one that check runs.
     """
     from ..runtime.encoder import Encoder  # the one session wrapper (it imports this package)
 
@@ -103,7 +106,7 @@ def check_bundle(
         if zero_shot is not None:
             agreement[precision] = zero_shot
         places[precision] = {tower: where(session.get_providers()[0]) for tower, session in sessions.items()}
-        if not failures:
+        if record_passes and not failures:
             for tower, place in places[precision].items():
                 record(folder, manifest, verdict_key(manifest, tower, precision, place),
                        {"tower": tower, "precision": precision, "where": place, "by": "verify",
@@ -123,10 +126,15 @@ def verify_bundle(
     provider: str | None = None,
     precisions: Sequence[str] | None = None,
     threads: int | None = None,
+    images: str | os.PathLike[str] | None = None,
+    texts: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] = lambda step: None,
 ) -> VerifyReport:
     """``altclip-onnx verify BUNDLE``: the stored reference on this machine, no torch; write verify.json when
-    the bundle is writable; :class:`VerificationError` (exit 3) naming tower and precision on failure."""
+    the bundle is writable; :class:`VerificationError` (exit 3) naming tower and precision on failure.
+
+    ``images`` (a folder) and ``texts`` (a file, one per line): the user's own data too, with the bundle's
+    fp32 graphs on this machine as their reference (see :mod:`.own_data`)."""
     folder = Path(bundle)
     manifest = read_manifest(folder)
     reference_files = list(manifest.reference)
@@ -134,11 +142,35 @@ def verify_bundle(
     files = [f for t in TOWERS for p in chosen if p in manifest.towers[t] for f in manifest.towers[t][p].files]
     verify_files(folder, manifest, [*reference_files, *files])  # numbers from corrupt files mean nothing
     reference = read_reference(folder, manifest)
+    own_data = images is not None or texts is not None
+    if own_data:  # read first: a typo in a path should not wait for the whole check
+        from .own_data import fp32_reference, own_cases  # the runtime's pipeline imports Encoder, which imports this
+
+        cases, crops = own_cases(folder, manifest, images, texts)
     report = check_bundle(folder, reference, manifest=manifest, precisions=precisions, provider=provider,
                           threads=threads, progress=progress)
+    if own_data:
+        others = [p for p in chosen if p != FP32.name]
+        if report.passed and others:
+            progress(f"your data: {len(cases)} cases, the fp32 graphs on this machine as their reference")
+            from ..runtime.encoder import Encoder
+
+            fp32 = Encoder(folder, provider=provider, precision=FP32.name, threads=threads, check_files=False,
+                           self_check=False, spinning=False)
+            own = fp32_reference({tower: fp32.session(tower) for tower in TOWERS}, cases, crops)
+            merge_own_data(report, check_bundle(folder, own, manifest=manifest, precisions=others, provider=provider,
+                                                threads=threads, record_passes=False, progress=progress),
+                           f"{len(cases)} cases against the bundle's fp32 graphs on this machine")
     write_report(folder, report)
     raise_if_failed(report, folder)
     return report
+
+
+def merge_own_data(report: VerifyReport, own: VerifyReport, reference: str) -> None:
+    """The user's data checked against ``reference``: its rows and failures join the report."""
+    report.rows += own.rows
+    report.failures += own.failures
+    report.extra["your_data"] = {"reference": reference, "batch_invariance": own.extra.get("batch_invariance", {})}
 
 
 def write_report(bundle: Path, report: VerifyReport) -> None:

@@ -138,6 +138,9 @@ class VerifyReport:
         if sensitivity:
             listed = ", ".join(f"{tower} {value:.4f}" for tower, value in sensitivity.items())
             lines.append(f"largest cosine between unrelated inputs (reference): {listed}")
+        own = self.extra.get("your_data")
+        if own:
+            lines.append(f"your data: {own['reference']}")
         where = self.extra.get("where")
         if where:
             lines.append(f"checked on: {where}")
@@ -286,7 +289,8 @@ def check_precision(
             failures.append(f"{tower} {precision}: an input alone and inside a batch give cosine {lowest:.6f} "
                             f"(< {gate.batch_invariance}): vectors depend on the batch")
     agreement = None
-    if precision != "fp32" and not quick and set(towers) == set(TOWERS):
+    labelled = {c.tower for c in cases if c.zero_shot}
+    if precision != "fp32" and not quick and labelled == set(TOWERS):
         agreement = zero_shot_agreement(cases, expected, outputs, logit_scale, gate)
         disagreements = agreement["confident_cases"] - agreement["agreeing"]
         if agreement["gated"] and disagreements > agreement["allowed_disagreements"]:
