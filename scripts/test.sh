@@ -11,6 +11,8 @@
 #    Ray cluster on 127.0.0.1.
 # 2. .venv-runtime (the runtime half and the test tools only: no torch, transformers, onnx or
 #    sentencepiece, as runtime users have it): run tests/runtime and the Hub tests again.
+# 3. .venv-openvino (the runtime half and the test tools, with onnxruntime-openvino in place of onnxruntime):
+#    tests/openvino, run in step 1, drives it as subprocesses (verify and Encoder with --provider openvino).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +32,17 @@ fi
 
 EXTRAS=export,convert,parquet,search,bench,serve,hub,openvino,distributed,postgres,test,test-services VENV=.venv source scripts/venv.sh
 EXTRAS=parquet,search,hub,test VENV=.venv-runtime source scripts/venv.sh
+# onnxruntime-openvino installs the same `onnxruntime` module under another distribution name, so it cannot be
+# an extra (pip would install both, one overwriting the other's files) and every `pip install -e .` puts
+# onnxruntime back (the project requires that name). So it is swapped in after venv.sh, and the whole step runs
+# again only when pyproject.toml changed since the last swap (a copy is kept in the venv). 1.24.1: tested here.
+if ! cmp -s pyproject.toml .venv-openvino/pyproject.toml \
+    || ! .venv-openvino/bin/python -m pip show -q onnxruntime-openvino 2>/dev/null; then
+    EXTRAS=test VENV=.venv-openvino source scripts/venv.sh
+    .venv-openvino/bin/python -m pip uninstall -q -y onnxruntime onnxruntime-openvino
+    .venv-openvino/bin/python -m pip install -q "onnxruntime-openvino>=1.24.1"
+    cp pyproject.toml .venv-openvino/pyproject.toml
+fi
 
 case "${CI:-}" in 1|true|yes) export ALTCLIP_REQUIRE_CLIENTS=1 ;; esac
 
