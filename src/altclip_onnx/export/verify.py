@@ -19,7 +19,7 @@ import numpy as np
 
 from ..bundle import TOKENIZER, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL, Manifest, read_manifest
 from ..errors import SourceError
-from ..verification import VerifyReport, check_bundle, merge_own_data, raise_if_failed, write_report
+from ..verification import OwnData, VerifyReport, check_and_report
 from ..verification.own_data import own_cases
 from ..verification.reference import Case, StoredReference, has_reference, read_reference
 from .verification_set import verification_cases, verification_images
@@ -99,14 +99,7 @@ def verify_against_model(
     own = None
     if images is not None or texts is not None:
         cases, crops = own_cases(folder, manifest, images, texts)
-        own = StoredReference(cases, reference_outputs(loaded.model, cases), crops)
+        own = OwnData(StoredReference(cases, reference_outputs(loaded.model, cases), crops), precisions, "PyTorch")
     del loaded
-    report = check_bundle(folder, reference, manifest=manifest, precisions=precisions, provider=provider,
-                          threads=threads, progress=progress)
-    if own is not None:
-        merge_own_data(report, check_bundle(folder, own, manifest=manifest, precisions=precisions, provider=provider,
-                                            threads=threads, record_passes=False, progress=progress),
-                       f"{len(own.cases)} cases against PyTorch")
-    write_report(folder, report)
-    raise_if_failed(report, folder)
-    return report
+    return check_and_report(folder, reference, own, manifest=manifest, precisions=precisions, provider=provider,
+                            threads=threads, progress=progress)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,35 +143,46 @@ def verify_bundle(
     files = [f for t in TOWERS for p in chosen if p in manifest.towers[t] for f in manifest.towers[t][p].files]
     verify_files(folder, manifest, [*reference_files, *files])  # numbers from corrupt files mean nothing
     reference = read_reference(folder, manifest)
-    own_data = images is not None or texts is not None
-    if own_data:  # read first: a typo in a path should not wait for the whole check
+    own = None
+    if images is not None or texts is not None:  # read first: a typo in a path should not wait for the whole check
         from .own_data import fp32_reference, own_cases  # the runtime's pipeline imports Encoder, which imports this
+        from ..runtime.encoder import Encoder
 
         cases, crops = own_cases(folder, manifest, images, texts)
+        fp32 = Encoder(folder, provider=provider, precision=FP32.name, threads=threads, check_files=False,
+                       self_check=False, spinning=False)
+        own = OwnData(fp32_reference({tower: fp32.session(tower) for tower in TOWERS}, cases, crops),
+                      [p for p in chosen if p != FP32.name], "the bundle's fp32 graphs on this machine")
+    return check_and_report(folder, reference, own, manifest=manifest, precisions=precisions, provider=provider,
+                            threads=threads, progress=progress)
+
+
+@dataclass
+class OwnData:
+    """The user's own cases, the reference they are held against, and at which precisions."""
+
+    reference: StoredReference
+    precisions: Sequence[str] | None
+    against: str
+
+
+def check_and_report(folder: Path, reference: StoredReference, own: OwnData | None, *, manifest: Manifest,
+                     precisions: Sequence[str] | None, provider: str | None, threads: int | None,
+                     progress: Callable[[str], None]) -> VerifyReport:
+    """The stored (or fresh) reference, then the user's own data once that passed; verify.json; exit 3."""
     report = check_bundle(folder, reference, manifest=manifest, precisions=precisions, provider=provider,
                           threads=threads, progress=progress)
-    if own_data:
-        others = [p for p in chosen if p != FP32.name]
-        if report.passed and others:
-            progress(f"your data: {len(cases)} cases, the fp32 graphs on this machine as their reference")
-            from ..runtime.encoder import Encoder
-
-            fp32 = Encoder(folder, provider=provider, precision=FP32.name, threads=threads, check_files=False,
-                           self_check=False, spinning=False)
-            own = fp32_reference({tower: fp32.session(tower) for tower in TOWERS}, cases, crops)
-            merge_own_data(report, check_bundle(folder, own, manifest=manifest, precisions=others, provider=provider,
-                                                threads=threads, record_passes=False, progress=progress),
-                           f"{len(cases)} cases against the bundle's fp32 graphs on this machine")
+    if own is not None and report.passed and own.precisions != []:
+        progress(f"your data: {len(own.reference.cases)} cases against {own.against}")
+        checked = check_bundle(folder, own.reference, manifest=manifest, precisions=own.precisions,
+                               provider=provider, threads=threads, record_passes=False, progress=progress)
+        report.rows += checked.rows
+        report.failures += checked.failures
+        report.extra["your_data"] = {"reference": f"{len(own.reference.cases)} cases against {own.against}",
+                                     "batch_invariance": checked.extra.get("batch_invariance", {})}
     write_report(folder, report)
     raise_if_failed(report, folder)
     return report
-
-
-def merge_own_data(report: VerifyReport, own: VerifyReport, reference: str) -> None:
-    """The user's data checked against ``reference``: its rows and failures join the report."""
-    report.rows += own.rows
-    report.failures += own.failures
-    report.extra["your_data"] = {"reference": reference, "batch_invariance": own.extra.get("batch_invariance", {})}
 
 
 def write_report(bundle: Path, report: VerifyReport) -> None:
