@@ -11,6 +11,12 @@ options); 3 verification failed; 4 done, but some inputs failed and were skipped
 
 from __future__ import annotations
 
+import json
+import shlex
+from importlib import metadata
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_VERIFICATION = 3
@@ -21,6 +27,36 @@ EXIT_INTERRUPTED = 130
 def one_line(exc: BaseException) -> str:
     """An exception's whole message on one line (whitespace collapsed, never cut)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def install_command(extra: str) -> str:
+    """The pip command that adds ``extra`` (e.g. "search", "hub,convert") to this altclip-onnx, as it was installed.
+
+    pip records where a package came from (``direct_url.json``, PEP 610): from a folder (a checkout, editable
+    or not) the command names that folder, from a Git URL or an archive it names that URL; only a package from
+    an index gets ``pip install 'altclip-onnx[extra]'``.
+    """
+    origin = None
+    try:
+        for dist in metadata.distributions(name="altclip-onnx"):
+            recorded = dist.read_text("direct_url.json")
+            if recorded:
+                origin = json.loads(recorded)
+                break
+    except (OSError, ValueError):  # an unreadable record: fall back to the index form
+        origin = None
+    url = origin.get("url") if isinstance(origin, dict) else None
+    if not isinstance(url, str) or not url:
+        return f"pip install 'altclip-onnx[{extra}]'"
+    if "dir_info" in origin and url.startswith("file:"):
+        folder = url2pathname(unquote(urlparse(url).path))
+        editable = "-e " if (origin.get("dir_info") or {}).get("editable") else ""
+        return f"pip install {editable}{shlex.quote(f'{folder}[{extra}]')}"
+    vcs = origin.get("vcs_info")
+    if isinstance(vcs, dict) and vcs.get("vcs"):
+        revision = vcs.get("commit_id") or vcs.get("requested_revision")
+        url = f"{vcs['vcs']}+{url}" + (f"@{revision}" if revision else "")
+    return f"pip install {shlex.quote(f'altclip-onnx[{extra}] @ {url}')}"
 
 
 class AltclipOnnxError(Exception):
@@ -86,7 +122,7 @@ class MissingDependencyError(AltclipOnnxError):
         self.feature = feature
         self.extra = extra
         what = f" ({packages})" if packages else ""
-        super().__init__(f"{feature} needs the [{extra}] extra{what}: pip install 'altclip-onnx[{extra}]'")
+        super().__init__(f"{feature} needs the [{extra}] extra{what}: {install_command(extra)}")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from altclip_onnx import ExportError
 from altclip_onnx.cli import main
 from altclip_onnx.convert import convert_bundle, run as convert_run
+from altclip_onnx.errors import install_command
 
 
 def run(*args: object):  # type: ignore[no-untyped-def]
@@ -108,4 +109,4 @@ def test_without_onnx_says_which_extra(tiny_bundle: Path, tmp_path: Path, monkey
     result = run("convert", tiny_bundle, "--to", "immich", "-o", tmp_path / "out")
     assert result.exit_code == 1
     assert error_line(result) == ("error: altclip-onnx convert needs the [convert] extra (onnx missing): "
-                                  "pip install 'altclip-onnx[convert]'")
+                                  + install_command("convert"))

@@ -3,6 +3,7 @@ concurrent writers, and one-line errors for what users get wrong (password, serv
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from altclip_onnx.cli import main
-from altclip_onnx.errors import MissingDependencyError, OutputError, StoreError
+from altclip_onnx.errors import MissingDependencyError, OutputError, StoreError, install_command
 from altclip_onnx.search import Hit, Index
 from altclip_onnx.search.store import Entry, VectorStore, open_store
 from altclip_onnx.search.store import describe_db
@@ -306,7 +307,7 @@ def test_a_role_that_may_not_enable_vector_or_write_is_told_what_to_ask_for(pg_s
 def test_without_the_postgres_extra_the_error_says_how_to_install_it(pg_uri: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'altclip-onnx\[postgres\]'"):
+    with pytest.raises(MissingDependencyError, match=re.escape(install_command("postgres"))):
         Index.open(pg_uri, create=True)
 
 

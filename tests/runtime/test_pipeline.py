@@ -6,6 +6,7 @@ import inspect
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from altclip_onnx.cli import main
-from altclip_onnx.errors import BusyError, InputError, MissingDependencyError, OutputError
+from altclip_onnx.errors import BusyError, InputError, MissingDependencyError, OutputError, install_command
 from altclip_onnx.runtime import Encoder
 from altclip_onnx.runtime.outputs import EmbedOptions, checkpoint_folder, embed_images_to_file, read_embeddings
 from altclip_onnx.runtime.pipeline import embed_images, iter_image_files, iter_lines, split_labels
@@ -142,7 +143,7 @@ def test_parquet_without_pyarrow_says_how_to_install(photos: Path, tmp_path: Pat
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'altclip-onnx\[parquet\]'"):
+    with pytest.raises(MissingDependencyError, match=re.escape(install_command("parquet"))):
         embed_images_to_file(encoder, iter_image_files([photos]), tmp_path / "x.parquet")
     assert list(tmp_path.iterdir()) == []
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 import altclip_onnx
 from altclip_onnx import Encoder
+from altclip_onnx.errors import install_command
 
 from ..blocking import BLOCK_EXPORT_SIDE, BLOCKED
 
@@ -143,7 +144,7 @@ def test_export_features_say_how_to_install_them_in_one_line(blocked_run: dict, 
     assert run["code"] != 0
     lines = [line for line in run["stderr"].splitlines() if line.strip()]
     assert len(lines) == 1, run["stderr"]
-    assert "pip install 'altclip-onnx[export]'" in lines[0] and feature in lines[0]
+    assert install_command("export") in lines[0] and feature in lines[0]
     assert "Traceback" not in run["stderr"] and run["stdout"] == ""
 
 

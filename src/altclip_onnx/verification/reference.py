@@ -24,7 +24,7 @@ import numpy as np
 
 from ..bundle import (REFERENCE_ARRAYS, REFERENCE_CASES, REFERENCE_FILES, TEXTUAL, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL,
                       Manifest)
-from ..errors import BundleError
+from ..errors import BundleError, install_command
 from ..files import write_bytes, write_json
 
 FORMAT = 1
@@ -116,7 +116,7 @@ def read_reference(bundle: str | os.PathLike[str], manifest: Manifest) -> Stored
         raise BundleError(
             f"{folder}: made before bundles carried their PyTorch reference (format {manifest.format_version}); "
             "re-export it with this altclip-onnx, or verify it against PyTorch with 'altclip-onnx verify "
-            f"{folder} --model SOURCE' (the [export] extra)")
+            f"{folder} --model SOURCE' (the [export] extra: {install_command('export')})")
     try:
         described = json.loads((folder / REFERENCE_CASES).read_text(encoding="utf-8"))
         with np.load(folder / REFERENCE_ARRAYS, allow_pickle=False) as stored:
