@@ -37,10 +37,11 @@ def usual_mode(path: Path) -> None:
     os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
 
 
-def ensure_writable_folder(folder: Path, what: str = "output") -> None:
+def ensure_writable_folder(folder: Path, what: str = "output", option: str = "-o") -> None:
     """Create ``folder`` if needed and prove a file can be created in it, before any long work.
 
-    Raises :class:`OutputError` naming the folder (read-only, missing permission, not a folder).
+    Raises :class:`OutputError` naming the folder (read-only, missing permission, not a folder) and the
+    ``option`` that chose it.
     """
     folder = Path(folder)
     try:
@@ -50,7 +51,7 @@ def ensure_writable_folder(folder: Path, what: str = "output") -> None:
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot write the {what} there ({describe_os_error(exc)}); "
-                          "choose another -o or fix the folder's permissions") from exc
+                          f"choose another {option} or fix the folder's permissions") from exc
 
 
 def describe_os_error(exc: OSError) -> str:

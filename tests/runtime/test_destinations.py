@@ -57,6 +57,7 @@ def test_a_read_only_destination_is_refused_before_the_work(command: str, read_o
     }[command]
     message = one_line_error(run(*args), read_only_folder)
     assert "read-only file system" in message or "permission denied" in message
+    assert f"choose another {'--db' if command == 'index' else '-o'} " in message  # the option that chose it
 
 
 def test_a_full_disk_during_the_final_write_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path,

@@ -107,7 +107,7 @@ class LocalStore:
                 raise StoreError(f"{self.folder}: exists and is not a folder; choose another --db")
             if self.folder.is_dir() and any(self.folder.iterdir()):
                 raise StoreError(f"{self.folder}: not empty and not an index; choose another --db")
-            ensure_writable_folder(self.folder, "index")
+            ensure_writable_folder(self.folder, "index", "--db")
         try:
             self._db = sqlite3.connect(sqlite_path, isolation_level=None)
             self._db.execute("PRAGMA page_size=32768")  # new files only: ~10 vectors of 3 KB per page, not 1 per 4 KB
