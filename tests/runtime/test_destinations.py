@@ -75,3 +75,15 @@ def test_a_full_disk_during_the_final_write_is_one_line(monkeypatch: pytest.Monk
     assert "no space left on the device" in message
     assert not out.exists()  # nothing half-written; the finished rows stay in the checkpoint
     assert (tmp_path / "emb.npy.partial").is_dir()
+
+
+@pytest.mark.usefixtures("no_work")
+@pytest.mark.parametrize("command", ["embed", "embed-text"])
+def test_an_existing_folder_as_o_is_refused(command: str, tiny_bundle: Path, fixture_photos: list[Path],
+                                           tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    inputs = fixture_photos[0] if command == "embed" else "hi"
+    message = one_line_error(run(command, tiny_bundle, inputs, "-o", folder), folder)
+    assert "is a folder" in message and str(folder / "embeddings.npy") in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not any(folder.iterdir())  # no out.npy beside it

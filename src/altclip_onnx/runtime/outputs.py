@@ -187,6 +187,8 @@ def _run(
     stream: Callable[[Iterable[Any], Progress], Iterator[Batch]],
 ) -> EmbedReport:
     started = time.perf_counter()
+    if Path(output).is_dir():  # x would become x.npy beside the folder, not a file in it
+        raise OutputError(f"{output}: is a folder; -o names the output file, e.g. -o {Path(output) / 'embeddings.npy'}")
     outputs = output_files(output, kind)
     parquet = outputs[0].suffix.lower() == PARQUET
     if parquet:
