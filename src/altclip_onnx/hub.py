@@ -98,20 +98,43 @@ def _hub_failure(ref: HubReference, exc: Exception, what: str) -> BundleError:
     return BundleError(f"{ref}: could not download {what} from the Hugging Face Hub ({reason}); {_download_hint(ref)}")
 
 
+def _unreachable(hub: Any, ref: HubReference) -> Exception | None:
+    """Why the Hub gave no answer to one request for the manifest (refused, no route, no DNS, timed out), or None.
+
+    Asked once, without retries: huggingface_hub retries a file it does not have cached with backoff (about
+    24 s) even when the connection is refused. The Hub answering with an error is not "unreachable":
+    hf_hub_download then says what it answered. Under HF_HUB_OFFLINE huggingface_hub asks nothing itself.
+    """
+    from huggingface_hub import constants, errors
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        hub.get_hf_file_metadata(hub.hf_hub_url(ref.repo_id, MANIFEST, revision=ref.revision))
+    except (errors.HfHubHTTPError, errors.EntryNotFoundError):
+        return None
+    except Exception as exc:  # no answer at all
+        return exc
+    return None
+
+
 def download_bundle(ref: HubReference, *, precisions: Sequence[str] | None = None,
                     cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Fetch a bundle into huggingface_hub's cache and return its snapshot folder, every file checked."""
     hub = _require_hub(f"loading {ref}")
+    unreachable = _unreachable(hub, ref)
+    cache_only = unreachable is not None  # no answer: the cache or a one-line error, at once
     try:
-        manifest_path = Path(hub.hf_hub_download(ref.repo_id, MANIFEST, revision=ref.revision, cache_dir=cache_dir))
+        manifest_path = Path(hub.hf_hub_download(ref.repo_id, MANIFEST, revision=ref.revision, cache_dir=cache_dir,
+                                                 local_files_only=cache_only))
     except Exception as exc:  # huggingface_hub raises many types for "offline" and "not found"
-        raise _hub_failure(ref, exc, MANIFEST) from exc
+        raise _hub_failure(ref, unreachable or exc, MANIFEST) from exc
     folder = manifest_path.parent
     manifest = _read_manifest(ref, folder)
     wanted = bundle_files(manifest, precisions)
     try:
         snapshot = Path(hub.snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache_dir,
-                                              allow_patterns=[MANIFEST, *wanted]))
+                                              allow_patterns=[MANIFEST, *wanted], local_files_only=cache_only))
     except Exception as exc:
         raise _hub_failure(ref, exc, f"the bundle's {len(wanted)} files") from exc
     if snapshot.resolve() != folder.resolve():  # the revision moved between the two calls

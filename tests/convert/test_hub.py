@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,18 +169,59 @@ def test_not_cached_and_offline_says_what_to_run_elsewhere(tmp_path: Path) -> No
     assert done.stderr.endswith(HINT + "\n") and done.stderr.count("\n") == 1
 
 
-def test_hub_unreachable_says_what_to_run_elsewhere(offline_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Online mode with the Hub's address refusing connections: huggingface_hub retries (its backoff sleeps
-    are skipped here), then one line says what to run elsewhere."""
-    import huggingface_hub.utils._http as http
-
+def test_hub_unreachable_says_what_to_run_elsewhere_at_once(offline_cache: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online mode with the Hub's address refusing connections: one line says why and what to run elsewhere,
+    without huggingface_hub's retries (with their real backoff it took 24 s)."""
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+    started = time.monotonic()
     with pytest.raises(BundleError) as info:
         locate_bundle("hf://someone/missing@v2")
+    assert time.monotonic() - started < 3
     message = str(info.value)
-    assert message.startswith("hf://someone/missing@v2: could not download manifest.json from the Hugging Face Hub (")
+    assert message.startswith("hf://someone/missing@v2: could not download manifest.json from the Hugging Face Hub "
+                              "(ConnectError: ")
     assert message.endswith(HINT) and "\n" not in message
+
+
+def test_a_cached_bundle_loads_with_the_hub_unreachable(tiny_bundle: Path, tmp_path: Path) -> None:
+    """No HF_HUB_OFFLINE, no network: the cached bundle is used at once, with nothing on stderr."""
+    cache = tmp_path / "cache"
+    publish(cache, REPO, bundle_bytes(tiny_bundle))
+    started = time.monotonic()
+    done = cli("embed-text", f"hf://{REPO}", "a cat", "-o", tmp_path / "texts", env=cli_env(cache, offline=False))
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 30 and done.stderr == ""
+
+
+def test_huggingface_hub_warnings_print_once(tmp_path: Path) -> None:
+    """A Hub answering 503 (a local stand-in): huggingface_hub retries and warns; each warning is one line."""
+    import http.server
+    import threading
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.send_response(503)
+            self.end_headers()
+
+        do_GET = do_HEAD  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(cli_env(tmp_path / "c", offline=False), HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
+    script = ("import time; time.sleep = lambda seconds: None\n"  # the backoff, not what is printed
+              "from altclip_onnx.cli import main\n"
+              f"main(['embed-text', 'hf://{REPO}', 'a cat', '-o', {str(tmp_path / 't')!r}])\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert done.returncode == 1
+    assert done.stderr.count("Retrying in 1s [Retry 1/5]") == 1, done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"error: hf://{REPO}: could not download manifest.json")
 
 
 def test_a_repository_that_is_not_a_bundle(offline_cache: Path) -> None:

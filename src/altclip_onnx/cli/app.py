@@ -66,6 +66,9 @@ def main(ctx: click.Context, verbose: int, no_self_check: bool) -> None:
     ctx.obj = {"self_check": not no_self_check}
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    # huggingface_hub prints its records with a handler of its own (level: HF_HUB_VERBOSITY) and also passes them
+    # up to ours: every warning came twice. Its own handler alone.
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 def require_export_extra(feature: str) -> None:
