@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AltclipOnnxError, BundleError, IntegrityError
+from .errors import AltclipOnnxError, BundleError, InputError, IntegrityError
 from .files import hash_file, read_json_object, write_json
+from .models import display_name
 from .precisions import PRECISION_NAMES, precision
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,22 @@ REFERENCE_CASES = "reference/cases.json"
 REFERENCE_ARRAYS = "reference/arrays.npz"
 REFERENCE_FILES = (REFERENCE_CASES, REFERENCE_ARRAYS)
 
+PIXEL_VALUES = "pixel_values"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
 TOWER_INPUTS = {
-    VISUAL: ("pixel_values",),
-    TEXTUAL: ("input_ids", "attention_mask"),
+    VISUAL: (PIXEL_VALUES,),
+    TEXTUAL: (INPUT_IDS, ATTENTION_MASK),
 }
-TOWER_OUTPUTS = {
+TOWER_OUTPUTS = {  # (the embedding, the same L2-normalized)
     VISUAL: ("image_embeds", "image_embeds_norm"),
     TEXTUAL: ("text_embeds", "text_embeds_norm"),
 }
+
+
+def tower_output(tower: str, *, normalized: bool) -> str:
+    """The name of a tower's output: its embedding, or (``normalized``) the same L2-normalized."""
+    return TOWER_OUTPUTS[tower][1 if normalized else 0]
 
 # PIL's resampling filter numbers, as CLIPImageProcessor stores them.
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -195,7 +204,7 @@ class ModelIdentity:
         return self.fingerprint == other.fingerprint and self.embedding_dim == other.embedding_dim
 
     def describe(self) -> str:
-        name = self.variant if self.variant != "custom" or self.source == "?" else self.source
+        name = display_name(self.variant, None if self.source == "?" else self.source)
         return f"{name} ({self.embedding_dim}-d, weights {self.fingerprint[:12]})"
 
     def to_json(self) -> dict[str, Any]:
@@ -212,7 +221,7 @@ class Manifest:
     """Everything a runtime needs to know about a bundle, and how it was made."""
 
     source: dict[str, Any]  # name, kind (hub|transformers|flagai|random-init), path or repo id, seed
-    variant: str  # AltCLIP, AltCLIP-m9, AltCLIP-m18 or "custom"
+    variant: str  # AltCLIP, AltCLIP-m9, AltCLIP-m18 or "custom" (see altclip_onnx.models)
     embedding_dim: int
     logit_scale: float  # the multiplier (exp of the model's parameter), e.g. 100.0
     image: ImageSpec
@@ -324,6 +333,20 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
 def file_entry(bundle: Path, relpath: str) -> FileEntry:
     path = bundle / relpath
     return FileEntry(sha256=hash_file(path), size=path.stat().st_size)
+
+
+def needed_files(manifest: Manifest, variants: Iterable[tuple[str, str]]) -> list[str]:
+    """The checksummed files that running ``variants`` ((tower, precision) pairs) needs, sorted: their graphs,
+    and every file that belongs to no graph (tokenizer, image settings, reference). :class:`InputError` for
+    a variant the bundle does not have."""
+    graphs = {f for by_precision in manifest.towers.values() for v in by_precision.values() for f in v.files}
+    files = set(manifest.files) - graphs
+    for tower, name in variants:
+        available = manifest.towers.get(tower, {})
+        if name not in available:
+            raise InputError(f"the bundle's {tower} tower has no {name} variant (it has {', '.join(available)})")
+        files.update(available[name].files)
+    return sorted(files)
 
 
 def check_integrity(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> list[str]:

@@ -8,8 +8,7 @@ checked against the manifest's sha256 before use (once per file state: see
 the cache only, ``HF_HUB_CACHE``/``HF_HOME`` move it, ``HF_ENDPOINT`` points at a mirror, ``HF_TOKEN``
 reads private repositories.
 
-:func:`push_bundle` is the other direction (``altclip-onnx push``): the bundle's checked files and a
-generated model card (:mod:`altclip_onnx.convert.card`) in one commit.
+The other direction, ``altclip-onnx push``, is :mod:`altclip_onnx.publish`.
 """
 
 from __future__ import annotations
@@ -17,23 +16,27 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST, VERIFY_REPORT, Manifest, read_manifest, verify_files
-from .errors import BundleError, InputError, MissingDependencyError, OutputError, one_line
+from .bundle import MANIFEST, Manifest, needed_files, read_manifest, verify_files
+from .errors import BundleError, InputError, MissingDependencyError, one_line
 
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf://"
-MODEL_CARD = "README.md"
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def is_hub_reference(name: str | os.PathLike[str]) -> bool:
     return isinstance(name, str) and name.startswith(HUB_PREFIX)
+
+
+def is_repo_id(text: str) -> bool:
+    """``OWNER/REPO``, as the Hub spells a repository."""
+    return _REPO_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def parse_reference(name: str) -> HubReference:
     rest = name[len(HUB_PREFIX):] if name.startswith(HUB_PREFIX) else name
     repo_id, _, revision = rest.partition("@")
     repo_id = repo_id.rstrip("/")
-    if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id or (revision == "" and "@" in rest):
+    if not is_repo_id(repo_id) or ".." in repo_id or (revision == "" and "@" in rest):
         raise InputError(f"{name}: not a Hub bundle reference; write hf://OWNER/REPO or hf://OWNER/REPO@REVISION")
     return HubReference(repo_id, revision or None)
 
@@ -67,7 +70,7 @@ def locate_bundle(name: str | os.PathLike[str], *, precisions: Sequence[str] | N
     return Path(name)
 
 
-def _require_hub(feature: str) -> Any:
+def require_hub(feature: str) -> Any:
     try:
         import huggingface_hub
     except ImportError as exc:
@@ -121,7 +124,7 @@ def _unreachable(hub: Any, ref: HubReference) -> Exception | None:
 def download_bundle(ref: HubReference, *, precisions: Sequence[str] | None = None,
                     cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Fetch a bundle into huggingface_hub's cache and return its snapshot folder, every file checked."""
-    hub = _require_hub(f"loading {ref}")
+    hub = require_hub(f"loading {ref}")
     unreachable = _unreachable(hub, ref)
     cache_only = unreachable is not None  # no answer: the cache or a one-line error, at once
     try:
@@ -161,101 +164,8 @@ def _read_manifest(ref: HubReference, folder: Path) -> Manifest:
 
 
 def bundle_files(manifest: Manifest, precisions: Sequence[str] | None = None) -> list[str]:
-    """The checksummed files a bundle needs: all of them, or the graphs of ``precisions`` only, with every
-    file that belongs to no graph (tokenizer, image settings)."""
+    """The checksummed files to download: all of them, or what running ``precisions`` needs (see
+    :func:`~altclip_onnx.bundle.needed_files`)."""
     if precisions is None:
         return sorted(manifest.files)
-    graph_files = {f for variants in manifest.towers.values() for v in variants.values() for f in v.files}
-    files = set(manifest.files) - graph_files
-    for tower, variants in manifest.towers.items():
-        for precision in precisions:
-            if precision not in variants:
-                raise InputError(f"the bundle's {tower} tower has no {precision} variant "
-                                 f"(it has {', '.join(variants)})")
-            files.update(variants[precision].files)
-    return sorted(files)
-
-
-# --- push -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PushPlan:
-    """What ``push`` uploads: (path in the repository, local file) pairs, plus the generated model card."""
-
-    repo_id: str
-    bundle: Path
-    files: list[tuple[str, Path]] = field(default_factory=list)
-    card: str = ""
-    branch: str | None = None
-    private: bool = False
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(path.stat().st_size for _, path in self.files) + len(self.card.encode("utf-8"))
-
-    def operations(self) -> list[Any]:
-        from huggingface_hub import CommitOperationAdd
-
-        ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in self.files]
-        ops.append(CommitOperationAdd(path_in_repo=MODEL_CARD, path_or_fileobj=self.card.encode("utf-8")))
-        return ops
-
-
-def plan_push(bundle: str | os.PathLike[str], repo_id: str, *, branch: str | None = None,
-              private: bool = False) -> PushPlan:
-    """Check every file of the bundle against its manifest and list what a push uploads (no network)."""
-    from .bundle import require_integrity
-    from .convert.card import model_card
-
-    if not _REPO_ID.fullmatch(repo_id):
-        raise InputError(f"{repo_id}: not a repository id; write OWNER/REPO")
-    folder = Path(bundle)
-    if is_hub_reference(str(bundle)):
-        raise InputError(f"{bundle}: push takes a local bundle folder")
-    manifest = require_integrity(folder)  # what is uploaded is what was verified
-    files = [(MANIFEST, folder / MANIFEST)] + [(name, folder / name) for name in sorted(manifest.files)]
-    if (folder / VERIFY_REPORT).is_file():
-        files.append((VERIFY_REPORT, folder / VERIFY_REPORT))
-    card = model_card(manifest, repo_id, verify_report=folder / VERIFY_REPORT)
-    return PushPlan(repo_id, folder, files, card, branch, private)
-
-
-def push_bundle(plan: PushPlan, *, commit_message: str | None = None, token: str | None = None,
-                api: Any = None, progress: Callable[[str], None] = lambda step: None) -> str:
-    """Upload ``plan`` in one commit (creating the repository if needed); returns the commit URL.
-
-    Files of an earlier push that this bundle does not have (under ``visual/`` and ``textual/``, and an old
-    ``verify.json``) are deleted in the same commit, so the repository holds exactly one bundle; other files
-    (``.gitattributes``, anything added by hand) are left alone.
-    """
-    hub = _require_hub("altclip-onnx push")
-    api = api if api is not None else hub.HfApi(token=token)
-    try:
-        progress(f"creating {plan.repo_id} if it does not exist")
-        api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
-        operations = plan.operations()
-        uploaded = {name for name, _ in plan.files} | {MODEL_CARD}
-        existing = api.list_repo_files(plan.repo_id, revision=plan.branch, repo_type="model")
-        stale = [name for name in existing if name not in uploaded
-                 and (name.split("/")[0] in ("visual", "textual") or name == VERIFY_REPORT)]
-        operations += [hub.CommitOperationDelete(path_in_repo=name) for name in stale]
-        progress(f"uploading {len(plan.files) + 1} files ({plan.total_bytes / 1e6:.1f} MB) to {plan.repo_id}"
-                 + (f", deleting {len(stale)} stale" if stale else ""))
-        info = api.create_commit(plan.repo_id, operations,
-                                 commit_message=commit_message or f"altclip-onnx bundle ({len(plan.files)} files)",
-                                 revision=plan.branch, repo_type="model")
-    except Exception as exc:  # network, authentication, permissions: all from huggingface_hub
-        if isinstance(exc, hub.errors.RepositoryNotFoundError | hub.errors.HfHubHTTPError) and _is_auth(exc):
-            raise OutputError(f"{plan.repo_id}: the Hub refused the push ({type(exc).__name__}: {one_line(exc)}); "
-                              "log in with 'hf auth login' or pass a token with write access (HF_TOKEN)") from exc
-        raise OutputError(
-            f"{plan.repo_id}: could not push to the Hugging Face Hub ({type(exc).__name__}: {one_line(exc)}); on a "
-            f"machine with access, copy the bundle there and run 'altclip-onnx push BUNDLE {plan.repo_id}'"
-        ) from exc
-    return str(getattr(info, "commit_url", info))
-
-
-def _is_auth(exc: Exception) -> bool:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None) in (401, 403)
+    return needed_files(manifest, [(tower, precision) for tower in manifest.towers for precision in precisions])

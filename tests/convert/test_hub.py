@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from altclip_onnx import BundleError, Encoder, InputError, IntegrityError, OutputError
-from altclip_onnx.hub import HubReference, bundle_files, locate_bundle, parse_reference, plan_push, push_bundle
+from altclip_onnx.hub import HubReference, bundle_files, locate_bundle, parse_reference
+from altclip_onnx.publish import plan_push, push_bundle
 
 hub = pytest.importorskip("huggingface_hub")
 hub_constants = pytest.importorskip("huggingface_hub.constants")

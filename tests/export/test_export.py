@@ -19,6 +19,7 @@ from altclip_onnx.errors import BundleError, OutputError, SourceError, Verificat
 from altclip_onnx.export import ExportOptions, export_bundle, verify_against_model
 from altclip_onnx.export import sources, towers
 from altclip_onnx.export.verify import reference_outputs
+from altclip_onnx.models import KNOWN_VARIANTS, canonical_variant
 from altclip_onnx.verification import check_bundle, verify_bundle
 from altclip_onnx.verification.reference import StoredReference, read_reference
 
@@ -274,19 +275,19 @@ def test_random_init_rebuilds_from_seed_and_verifies(tmp_path: Path, monkeypatch
 
 
 def test_known_architectures_say_where_numbers_come_from() -> None:
-    for name, variant in sources.KNOWN_VARIANTS.items():
+    for name, variant in KNOWN_VARIANTS.items():
         arch = sources.architecture(name)
         assert arch["text_config"]["vocab_size"] == 250002 and arch["vision_config"]["patch_size"] == 14
         assert variant.dims_source
-    assert not sources.KNOWN_VARIANTS["AltCLIP-m18"].dims_certain
-    assert "UNCERTAIN" in sources.KNOWN_VARIANTS["AltCLIP-m18"].dims_source
+    assert not KNOWN_VARIANTS["AltCLIP-m18"].dims_certain
+    assert "UNCERTAIN" in KNOWN_VARIANTS["AltCLIP-m18"].dims_source
 
 
 def test_names_resolve() -> None:
     for name in ("m18", "M18", "AltCLIP-XLMR-L-m18", "BAAI/AltCLIP-m18", "AltCLIP-m18"):
-        assert sources.canonical_variant(name) == "AltCLIP-m18"
-    assert sources.canonical_variant("AltCLIP-XLMR-L") == "AltCLIP"
-    assert sources.canonical_variant("m9") == "AltCLIP-m9"
+        assert canonical_variant(name) == "AltCLIP-m18"
+    assert canonical_variant("AltCLIP-XLMR-L") == "AltCLIP"
+    assert canonical_variant("m9") == "AltCLIP-m9"
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def push(bundle: str, repo_id: str, private: bool, branch: str | None, message: 
     Every file is checked against the manifest first. Authentication is huggingface_hub's: 'hf auth login'
     or HF_TOKEN. Load it anywhere with hf://REPO_ID.
     """
-    from ..hub import plan_push, push_bundle
+    from ..publish import plan_push, push_bundle
 
     plan = plan_push(bundle, repo_id, branch=branch, private=private)
     if dry_run:

@@ -46,7 +46,8 @@ def export(source: str | None, output: Path | None, random_init: bool, seed: int
     """
     require_export_extra("export")
     from ..export.build import ExportOptions, export_bundle
-    from ..export.sources import DEFAULT_VARIANT, default_output
+    from ..export.sources import default_output
+    from ..models import DEFAULT_VARIANT
 
     source = source or os.environ.get("MODEL") or DEFAULT_VARIANT
     options = ExportOptions(opset=opset, max_length=max_length, verify=not no_verify, overwrite=overwrite,

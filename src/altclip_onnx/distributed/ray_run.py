@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import MANIFEST, TEXTUAL, VISUAL, read_manifest, verify_files
+from ..bundle import MANIFEST, TEXTUAL, VISUAL, needed_files, read_manifest, verify_files
 from ..errors import AltclipOnnxError, BundleError, InputError, Interrupted, MissingDependencyError, one_line
 from ..runtime.encoder import Encoder
 from ..runtime.pipeline import TEXT_BATCH_SIZE, Failure
@@ -182,18 +182,10 @@ def _read_uri(uri: str) -> bytes:
 # --------------------------------------------------------------------------------------- the bundle
 
 
-def _bundle_files(encoder: Encoder, tower: str) -> list[str]:
-    """What an actor needs to run ``tower`` at the encoder's precision: the manifest, that variant's files,
-    and every file that belongs to no graph (tokenizer, image settings)."""
-    manifest = encoder.manifest
-    graphs = {f for variants in manifest.towers.values() for v in variants.values() for f in v.files}
-    shared = sorted(set(manifest.files) - graphs)
-    return [MANIFEST, *shared, *manifest.towers[tower][encoder.precisions[tower]].files]
-
-
 def _ship(encoder: Encoder, tower: str) -> dict[str, Any]:
-    """The bundle's needed files as one object for Ray's object store (read once, on the driver)."""
-    names = _bundle_files(encoder, tower)
+    """What an actor needs to run ``tower`` at the encoder's precision (the manifest and the files that
+    variant needs) as one object for Ray's object store (read once, on the driver)."""
+    names = [MANIFEST, *needed_files(encoder.manifest, [(tower, encoder.precisions[tower])])]
     return {"key": f"{encoder.identity.fingerprint[:16]}-{tower}-{encoder.precisions[tower]}",
             "checked": [n for n in names if n != MANIFEST],
             "files": {name: (encoder.bundle / name).read_bytes() for name in names}}

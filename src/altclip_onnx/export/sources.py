@@ -1,4 +1,5 @@
-"""Model sources: names, Hub downloads, both checkpoint layouts, and random initialisation.
+"""Model sources: what a name resolves to (the names themselves: :mod:`altclip_onnx.models`), Hub downloads,
+both checkpoint layouts, and random initialisation.
 
 Every way in ends in the same place: a ``LoadedModel`` holding a ``transformers.AltCLIPModel``
 in eval mode with eager attention (so onnxruntime can fuse it), the tokenizer as a
@@ -18,10 +19,11 @@ from typing import Any
 from ..bundle import ImageSpec, TextSpec
 from ..files import read_json_object
 from ..errors import SourceError, one_line
+from ..models import DEFAULT_VARIANT, KNOWN_VARIANTS, canonical_variant, known_names, variant_of_folder
 
 log = logging.getLogger(__name__)
 
-# --- The three published variants -------------------------------------------------------------
+# --- The published variants' architecture (their names: altclip_onnx.models) ---------------------
 # Shared architecture. Image tower: CLIP ViT-L/14 at 224 px, the numbers of openai/clip-vit-large-patch14's
 # vision_config (AltCLIP keeps OpenAI's image tower). Text tower: XLM-RoBERTa large, the numbers of
 # FacebookAI/xlm-roberta-large's config.json.
@@ -51,49 +53,6 @@ XLMR_LARGE = {
 }
 
 
-@dataclass(frozen=True)
-class KnownVariant:
-    name: str  # our canonical name
-    repo_id: str  # Hugging Face Hub id
-    seed_name: str  # the name the seed project used
-    languages: tuple[str, ...]
-    project_dim: int  # text tower: transformation (hidden -> project_dim)
-    projection_dim: int  # both towers' final embedding size
-    dims_source: str  # where project_dim / projection_dim come from
-    dims_certain: bool
-
-
-KNOWN_VARIANTS = {
-    v.name: v
-    for v in (
-        KnownVariant(
-            "AltCLIP", "BAAI/AltCLIP", "AltCLIP-XLMR-L", ("en", "zh"), 768, 768,
-            "BAAI/AltCLIP config.json (transformers' AltCLIPConfig docs use the same 768/768)", True,
-        ),
-        KnownVariant(
-            "AltCLIP-m9", "BAAI/AltCLIP-m9", "AltCLIP-XLMR-L-m9",
-            ("en", "zh", "es", "fr", "ru", "ja", "ko", "ar", "it"), 768, 768,
-            "FlagAI's AltCLIP-m9 config (same heads as AltCLIP)", True,
-        ),
-        KnownVariant(
-            "AltCLIP-m18", "BAAI/AltCLIP-m18", "AltCLIP-XLMR-L-m18",
-            ("en", "zh", "ja", "th", "ko", "hi", "uk", "ar", "tr", "vi", "pl", "nl", "pt", "it", "es", "de", "fr", "ru"),
-            1024, 1024,
-            "UNCERTAIN: FlagAI's modeling_berts_m18.py sets project_dim=1024 (for AltDiffusion-m18) and users "
-            "report 1024-d embeddings; no m18 config.json could be read here. A real checkpoint's config wins.",
-            False,
-        ),
-    )
-}
-DEFAULT_VARIANT = "AltCLIP-m18"
-
-# Every accepted spelling (matched case-insensitively) -> canonical variant name.
-ALIASES = {
-    alias.lower(): v.name
-    for v in KNOWN_VARIANTS.values()
-    for alias in (v.name, v.repo_id, v.seed_name, v.name.removeprefix("AltCLIP-") if "-" in v.name else "altclip")
-}
-
 # Files worth fetching from a Hub repo (either layout); everything else there (e.g. diffusion weights) is skipped.
 HUB_PATTERNS = [
     "config.json",
@@ -114,20 +73,13 @@ WEIGHT_FILES = (
 )
 
 
-def known_names() -> str:
-    names = []
-    for v in KNOWN_VARIANTS.values():
-        names += [v.repo_id, v.seed_name]
-    return ", ".join(names + ["m9", "m18", "or a local checkpoint folder"])
-
-
 @dataclass(frozen=True)
 class ResolvedSource:
     """Where a model comes from, before anything heavy is loaded."""
 
     name: str  # what the user asked for
     kind: str  # "hub", "transformers", "flagai" or "random-init"
-    variant: str  # canonical variant name or "custom"
+    variant: str  # canonical variant name or models.CUSTOM
     path: Path | None = None  # local checkpoint folder (after download for Hub sources)
     repo_id: str | None = None
     seed: int | None = None
@@ -141,10 +93,6 @@ class ResolvedSource:
         if self.seed is not None:
             info["seed"] = self.seed
         return info
-
-
-def canonical_variant(name: str) -> str | None:
-    return ALIASES.get(name.strip().lower())
 
 
 def default_output(source: str) -> Path:
@@ -244,15 +192,6 @@ def detect_layout(folder: Path) -> str:
         f"{folder / 'config.json'}: neither transformers' AltCLIP layout (model_type 'altclip') nor FlagAI's "
         f"(text_config.model_type 'xlm-roberta'); found model_type={config.get('model_type')!r}"
     )
-
-
-def variant_of_folder(folder: Path) -> str:
-    """Best guess at which published variant a folder holds (for the manifest only)."""
-    for part in (folder.name, *reversed(folder.parts)):
-        variant = canonical_variant(part) or canonical_variant(re.sub(r"^models--BAAI--", "BAAI/", part))
-        if variant:
-            return variant
-    return "custom"
 
 
 # FlagAI's text config inherits XLMRobertaConfig: keys its config.json leaves out take these defaults

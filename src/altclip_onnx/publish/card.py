@@ -12,25 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import TEXTUAL, TOWERS, VISUAL, Manifest
+from ..convert.layouts import TJS_DTYPES
+from ..models import display_name, languages
 from ..precisions import PRECISIONS
-from .layouts import TJS_DTYPES
 
 TOWER_TITLES = {VISUAL: "image", TEXTUAL: "text"}
-
-
-def languages(manifest: Manifest) -> tuple[str, ...]:
-    """ISO codes of the variant's languages (empty when the bundle is not one of the known variants)."""
-    from ..export.sources import KNOWN_VARIANTS
-
-    known = KNOWN_VARIANTS.get(manifest.variant)
-    return known.languages if known else ()
 
 
 def _front_matter(manifest: Manifest) -> str:
     lines = ["---", "library_name: altclip-onnx", "pipeline_tag: zero-shot-image-classification",
              "tags:", *(f"- {t}" for t in ("onnx", "clip", "altclip", "multilingual", "feature-extraction",
                                             "transformers.js", "immich"))]
-    codes = languages(manifest)
+    codes = languages(manifest.variant)
     if codes:
         lines += ["language:", *(f"- {code}" for code in codes)]
     repo = manifest.source.get("repo_id")
@@ -70,7 +63,7 @@ def variants_table(manifest: Manifest) -> str:
 
 def model_card(manifest: Manifest, repo_id: str, *, verify_report: Path | None = None) -> str:
     """The README.md of a Hub repository holding this bundle."""
-    name = manifest.variant if manifest.variant != "custom" else str(manifest.source.get("name") or "AltCLIP")
+    name = display_name(manifest.variant, str(manifest.source.get("name") or ""))
     source = manifest.source
     if source.get("kind") == "hub" and source.get("repo_id"):
         origin = f"[{source['repo_id']}](https://huggingface.co/{source['repo_id']})"
@@ -78,7 +71,7 @@ def model_card(manifest: Manifest, repo_id: str, *, verify_report: Path | None =
         origin = f"random weights (seed {source.get('seed')}): **the embeddings mean nothing**; for testing only"
     else:
         origin = f"a local {source.get('kind', '?')} checkpoint named `{source.get('name', '?')}`"
-    codes = languages(manifest)
+    codes = languages(manifest.variant)
     passed = None
     if verify_report is not None and verify_report.is_file():
         try:
