@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from altclip_onnx.bundle import VISUAL, read_manifest
 from altclip_onnx.runtime.doctor import cpu_features, cpu_summary
 
 
@@ -22,7 +29,11 @@ def test_bench_runs_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) -> Non
         assert name in done.stdout
     # The header names the CPU and the instruction sets int8 speed depends on.
     assert cpu_summary() in done.stdout.splitlines()[0]
-    assert "about" in done.stderr and "min" in done.stderr  # an estimate of how long it takes, up front
+    # Up front: what is loaded, then an estimate of the whole run (peak memory included), in seconds here
+    steps = [line.split("] ", 1)[1] for line in done.stderr.splitlines() if line.startswith("[")]
+    assert steps[0] == "loading 6 graphs (2 MB); how long the run takes follows one call of each"
+    assert re.fullmatch(r"timing 6 graphs at batch 1 and 8, then their peak memory in fresh processes: "
+                        r"about \d+ s \(Ctrl-C stops\)", steps[1]), steps[1]
     data = json.loads(out.read_text())
     assert data["machine"]["cpu_features"] == cpu_features()
     assert {r["name"] for r in data["results"]} == {"fp32", "int8", "fp16"}
@@ -37,3 +48,48 @@ def test_bench_json_flag_prints_json(tiny_bundle: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert {r["name"] for r in json.loads(done.stdout)["results"]} == {"fp32", "int8"}
+
+
+def slow_visual_graph(path: Path, side: int = 2048, steps: int = 40) -> None:
+    """A stand-in image graph that takes seconds per call whatever the batch: ``steps`` products of two
+    side x side matrices made from the input (so nothing is folded away when the session loads)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["pixel_values"], ["mean"], keepdims=0),
+             helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+             helper.make_node("Add", ["nothing", "entry"], ["value"]),
+             helper.make_node("Expand", ["value", "shape"], ["y0"])]
+    nodes += [helper.make_node("MatMul", [f"y{i}", "y0"], [f"y{i + 1}"]) for i in range(steps)]
+    graph = helper.make_graph(
+        nodes, "slow", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info(f"y{steps}", TensorProto.FLOAT, [side, side])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("entry", TensorProto.FLOAT, [], [1.0 / side]),
+         helper.make_tensor("shape", TensorProto.INT64, [2], [side, side])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_ctrl_c_stops_bench_within_a_call(tiny_bundle: Path, tmp_path: Path) -> None:
+    """SIGINT while onnxruntime is inside a call of many seconds: bench stops within a second or two (it used
+    to wait for the call to return: tens of seconds for a full-size batch of 32), one line, exit 130."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    slow_visual_graph(bundle / read_manifest(bundle).towers[VISUAL]["fp32"].path)
+    process = subprocess.Popen([sys.executable, "-m", "altclip_onnx.cli", "bench", str(bundle), "--precision", "fp32"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert "loading 2 graphs" in first  # said before anything slow
+        time.sleep(2)  # the graphs are loaded; the slow one is in its first call
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
+        stdout, stderr = process.communicate(timeout=120)
+        stopped = time.monotonic() - signalled
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert stopped < 2.5, f"stopped {stopped:.1f}s after Ctrl-C"
+    assert stderr.strip().splitlines() == ["interrupted; nothing half-written was left behind"] and stdout == ""

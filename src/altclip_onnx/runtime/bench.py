@@ -4,18 +4,26 @@ Timings on shared machines drift by tens of percent between runs, so variants ar
 interleaved (one run of each in turn, repeated) and reported as medians after warm-up; ratios
 between variants of one run are what to quote. Peak memory is measured in a fresh process per
 variant (load it, embed one batch of 8) because a process's peak RSS never goes down.
+
+A run says how long it will take before the timing starts, and Ctrl-C stops it within a graph node
+(:func:`stop_on_ctrl_c`), not after the onnxruntime call under way (tens of seconds for a batch of 32
+through a full-size fp32 tower).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ class Candidate:
     run: Callable[[dict[str, np.ndarray]], Any]
     size_bytes: int = 0
     rss_command: list[str] | None = None  # a command printing the peak RSS in bytes of a fresh process
+    load_seconds: float = 0.0  # how long loading it took (a fresh process for the peak RSS loads it again)
 
 
 @dataclass
@@ -108,8 +117,11 @@ def measure(
     )
     if budget_s is not None:
         estimate = min(estimate, (1 + len(batch_sizes)) * 2 * budget_s)
-    progress(f"timing {len(candidates)} graphs at batch 1 and {', '.join(map(str, batch_sizes))}: "
-             f"about {estimate / 60:.0f} min, then peak memory in fresh processes")
+    # each peak-memory probe: a fresh interpreter (about a second), loading the graph, one batch of RSS_BATCH
+    estimate += sum(1.0 + c.load_seconds + RSS_BATCH * first[c.name + c.tower] for c in candidates if c.rss_command)
+    memory = ", then their peak memory in fresh processes" if any(c.rss_command for c in candidates) else ""
+    progress(f"timing {len(candidates)} graphs at batch 1 and {', '.join(map(str, batch_sizes))}{memory}: "
+             f"{about(estimate)} (Ctrl-C stops)")
     for tower in (VISUAL, TEXTUAL):
         group = [c for c in candidates if c.tower == tower]
         if not group:
@@ -133,6 +145,60 @@ def measure(
             progress(f"peak memory of {c.name} ({c.tower})")
             results[c.name + c.tower].peak_rss_mb = peak_rss_mb(c.rss_command)
     return list(results.values())
+
+
+def about(seconds: float) -> str:
+    """A duration for people: "about 40 s", "about 6 min"."""
+    return f"about {max(1, round(seconds))} s" if seconds < 90 else f"about {round(seconds / 60)} min"
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(run_options: Any) -> Iterator[None]:
+    """Ctrl-C ends the onnxruntime call under way after its current node, not when the call returns.
+
+    Python runs its SIGINT handler only between calls into C, so a thread woken by the signal
+    (``signal.set_wakeup_fd``) sets ``run_options.terminate``; the call then fails, and the runner made by
+    :func:`session_runner` raises KeyboardInterrupt. Outside the main thread (no signals there) it does nothing.
+    """
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    try:
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        reader.close()
+        writer.close()
+        yield
+        return
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while data := reader.recv(64):
+                if signal.SIGINT in data:
+                    run_options.terminate = True
+
+    watcher = threading.Thread(target=watch, name="bench-ctrl-c", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        writer.close()  # the watcher reads the end of the stream and returns
+        watcher.join(timeout=1)
+        reader.close()
+
+
+def session_runner(session: Any, names: list[str], run_options: Any) -> Callable[[dict[str, np.ndarray]], Any]:
+    """Run ``session`` on the ``names`` of an inputs dict; a call ended by :func:`stop_on_ctrl_c` is Ctrl-C."""
+
+    def run(inputs: dict[str, np.ndarray]) -> Any:
+        try:
+            return session.run(None, {k: inputs[k] for k in names}, run_options)
+        except Exception as exc:
+            if run_options.terminate:
+                raise KeyboardInterrupt from exc
+            raise
+
+    return run
 
 
 def peak_rss_mb(command: list[str]) -> float | None:
@@ -162,29 +228,38 @@ def rss_probe(model_path: str, tower: str, threads: int | None, image_size: int 
     return kib * 1024 if sys.platform != "darwin" else kib
 
 
-def bundle_candidates(bundle: Path, *, precisions: list[str] | None, threads: int | None, provider: str | None) -> list[Candidate]:
+def bundle_candidates(bundle: Path, *, precisions: list[str] | None, threads: int | None, provider: str | None,
+                      run_options: Any = None, progress: Callable[[str], None] = lambda message: None
+                      ) -> list[Candidate]:
+    """A candidate per tower and variant of ``bundle``; ``run_options`` (onnxruntime.RunOptions) go with every
+    call, so :func:`stop_on_ctrl_c` can end one."""
+    import onnxruntime
+
     from .providers import make_session
 
     manifest = read_manifest(bundle)
+    run_options = run_options if run_options is not None else onnxruntime.RunOptions()
+    chosen = [(tower, precision) for tower in (VISUAL, TEXTUAL) for precision in manifest.precisions(tower)
+              if not precisions or precision in precisions]
+    size = sum(manifest.files[f].size for tower, precision in chosen for f in manifest.towers[tower][precision].files)
+    progress(f"loading {len(chosen)} graphs ({size / 1e6:.0f} MB); how long the run takes follows one call of each")
     candidates = []
-    for tower in (VISUAL, TEXTUAL):
-        for precision in manifest.precisions(tower):
-            if precisions and precision not in precisions:
-                continue
-            variant = manifest.towers[tower][precision]
-            # No spinning: variants take turns in one process (see providers.session_options).
-            session = make_session(bundle / variant.path, provider=provider, threads=threads, spinning=False)
-            names = list(TOWER_INPUTS[tower])
-            candidates.append(
-                Candidate(
-                    name=precision,
-                    tower=tower,
-                    run=lambda inputs, s=session, n=names: s.run(None, {k: inputs[k] for k in n}),
-                    size_bytes=sum(manifest.files[f].size for f in variant.files),
-                    rss_command=rss_command(bundle / variant.path, tower, threads, manifest.image.size,
-                                            manifest.text.vocab_size),
-                )
+    for tower, precision in chosen:
+        variant = manifest.towers[tower][precision]
+        started = time.perf_counter()
+        # No spinning: variants take turns in one process (see providers.session_options).
+        session = make_session(bundle / variant.path, provider=provider, threads=threads, spinning=False)
+        candidates.append(
+            Candidate(
+                name=precision,
+                tower=tower,
+                run=session_runner(session, list(TOWER_INPUTS[tower]), run_options),
+                size_bytes=sum(manifest.files[f].size for f in variant.files),
+                rss_command=rss_command(bundle / variant.path, tower, threads, manifest.image.size,
+                                        manifest.text.vocab_size),
+                load_seconds=time.perf_counter() - started,
             )
+        )
     return candidates
 
 
@@ -290,12 +365,16 @@ def bench_bundle(bundle: str | os.PathLike[str], settings: BenchSettings = Bench
     bundle = locate_bundle(bundle)
     if output is not None:
         ensure_writable_folder(output.absolute().parent)
+    import onnxruntime
+
     manifest = read_manifest(bundle)
-    candidates = bundle_candidates(bundle, precisions=list(settings.precisions) or None, threads=settings.threads,
-                                   provider=settings.provider)
-    results = measure(candidates, batch_sizes=settings.batch_sizes, tokens=settings.tokens,
-                      image_size=manifest.image.size, vocab_size=manifest.text.vocab_size, repeats=settings.repeats,
-                      progress=progress)
+    run_options = onnxruntime.RunOptions()
+    with stop_on_ctrl_c(run_options):
+        candidates = bundle_candidates(bundle, precisions=list(settings.precisions) or None, threads=settings.threads,
+                                       provider=settings.provider, run_options=run_options, progress=progress)
+        results = measure(candidates, batch_sizes=settings.batch_sizes, tokens=settings.tokens,
+                          image_size=manifest.image.size, vocab_size=manifest.text.vocab_size,
+                          repeats=settings.repeats, progress=progress)
     result = BenchResult(bundle, manifest, settings, machine_facts(settings.threads), results)
     if output is not None:
         write_bytes(output, result.to_json().encode("utf-8"))
