@@ -84,9 +84,13 @@ def test_zero_rows_stay_zero_and_the_rewrite_is_exact_integer_math(tmp_path: Pat
     x[1] = 0.0
     y = session.run(None, {"x": x})[0]
     assert np.isfinite(y).all() and not y[1].any()
-    w_scale = np.abs(weight).max(axis=0) / 63  # 7-bit weights: no u8 x s8 pair can saturate an int16
+    # Pair-safe weights: per column, the largest |w[k]| + |w[k+1]| over even k is 128 (written out here).
+    w_scale = (np.abs(weight[0::2]) + np.abs(weight[1::2])).max(axis=0) / 128
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "int8.onnx")).graph.initializer}
+    w_int = next(v for v in stored.values() if v.dtype == np.int8)
+    assert np.abs(w_int - weight / w_scale).max() <= 1.0  # rounded (a pair over 128 loses one step)
     x_scale = np.abs(x).max(axis=1, keepdims=True) / 127
-    expected = (np.rint(x[[0, 2]] / x_scale[[0, 2]]) @ np.rint(weight / w_scale)) * w_scale * x_scale[[0, 2]]
+    expected = (np.rint(x[[0, 2]] / x_scale[[0, 2]]) @ w_int.astype(np.float32)) * w_scale * x_scale[[0, 2]]
     np.testing.assert_allclose(y[[0, 2]], expected, rtol=1e-5, atol=1e-6)
     assert cosines(y[[0, 2]], x[[0, 2]] @ weight).min() > 0.999
 
@@ -103,13 +107,17 @@ def test_quantizing_a_graph_without_matmuls_is_refused(tmp_path: Path) -> None:
 
 
 def test_gemm_weights_cannot_saturate_a_pair_on_cpus_without_vnni(tiny_bundle: Path) -> None:
-    """AVX2's vpmaddubsw adds two u8 x s8 products in a saturating int16: every weight an integer GEMM of the
-    bundle reads must keep 2 x 255 x |w| within 32,767 (tests/isa runs the kernels themselves)."""
+    """AVX2's vpmaddubsw adds the u8 x s8 products of weights k and k+1 (k even) in a saturating int16: every
+    such pair an integer GEMM of the bundle reads must keep 255 x (|w[k]| + |w[k+1]|) within 32,767 (tests/isa
+    runs the kernels themselves)."""
     for tower in (VISUAL, TEXTUAL):
         model = onnx.load(str(tiny_bundle / tower / "model.int8.onnx"))
         weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         gemms = [n for n in model.graph.node if n.op_type in ("MatMulIntegerToFloat", "MatMulInteger")]
         assert gemms
         for node in gemms:
-            largest = int(np.abs(weights[node.input[1]].astype(np.int32)).max())
-            assert 2 * 255 * largest <= np.iinfo(np.int16).max, (tower, node.name, largest)
+            w = np.abs(weights[node.input[1]].astype(np.int32))
+            w = np.concatenate([w, np.zeros((len(w) % 2, w.shape[1]), np.int32)])
+            largest = int((w[0::2] + w[1::2]).max())
+            assert 255 * largest <= np.iinfo(np.int16).max, (tower, node.name, largest)
+            assert int(w.max()) > 63  # wider than 7 bits where the pairs allow it

@@ -10,12 +10,17 @@ Per row, integer products are exact and every scale depends on its own row only,
 whatever the batch, up to float rounding (cosine 1.0000000 on the full-size model; checked by verify's
 batch-invariance gate).
 
-Weights of the integer MatMuls are 7-bit (-63..63) per output column (symmetric), a finer grid than
-onnxruntime's one scale per tensor. Seven bits, not eight, because of how CPUs without VNNI multiply:
-onnxruntime's u8s8 GEMM on AVX2 (and SSSE3) uses ``vpmaddubsw``, which adds each *pair* of adjacent u8 x s8
-products in a saturating int16. With activations as uint8 (1..255) a pair reaches 2 * 255 * 127 = 64,770 at
-8-bit weights and is clipped to 32,767, so the same bundle gave other vectors there than on a VNNI CPU; at
-7-bit weights a pair stays within 2 * 255 * 63 = 32,130 and every CPU computes the exact integer product.
+Weights of the integer MatMuls are int8 per output column (symmetric), a finer grid than onnxruntime's one
+scale per tensor, and **pair-safe**: how CPUs without VNNI multiply sets their range. onnxruntime's u8s8 GEMM
+on AVX2 and AVX-512 without VNNI (and SSSE3) uses ``vpmaddubsw``, which adds the products of each pair of
+weights k, k+1 (k even, along the reduction axis) with their uint8 activations in a saturating int16. With
+activations as uint8 (1..255) and weights up to 127, a pair reached 2 * 255 * 127 = 64,770 and was clipped to
+32,767, so the same bundle gave other vectors there than on a VNNI CPU. So each column's scale makes the
+largest ``|w[k]| + |w[k+1]|`` over its even pairs 128 (and rounding never lets a pair pass it): a pair then
+stays within 255 * 128 = 32,640 and every CPU computes the exact integer product. Only the pairs the kernels
+add are bounded, not every weight to 7 bits (-63..63, the unconditional bound, :data:`SEVEN_BIT`), which
+doubles the weights' rounding error. :data:`FULL_RANGE` (up to 127, the old recipe that saturates) is kept for
+comparisons and tests.
 The text tower's word-embedding table (250k x 1024, half the text tower) is no GEMM: it keeps 8-bit rows with
 a scale each (``Gather`` + ``Cast`` + ``Mul``: standard ops every runtime has).
 """
@@ -37,11 +42,17 @@ log = logging.getLogger(__name__)
 
 # A row of zeros would give scale 0 and 0/0: the smallest normal float32 keeps it 0 after rounding.
 TINY_SCALE = np.float32(np.finfo(np.float32).tiny)
-# Integer ranges (symmetric): activations are 8-bit per row; GEMM weights 7-bit so that no pair of u8 x s8
-# products can saturate an int16 on CPUs without VNNI (see the module's docstring); table rows 8-bit.
+# Integer ranges (symmetric): activations are 8-bit per row, table rows 8-bit; GEMM weights by recipe.
 ACTIVATION_LEVELS = 127
-GEMM_WEIGHT_LEVELS = 63
 TABLE_LEVELS = 127
+# The GEMM weight recipes (see the module's docstring).
+PAIR_SAFE = "pair-safe"  # per column, |w[k]| + |w[k+1]| <= PAIR_LIMIT for every even k
+SEVEN_BIT = "7-bit"  # per column, |w| <= 63: no two weights can saturate, wherever the kernel pairs them
+FULL_RANGE = "full-range"  # per column, |w| <= 127: saturates on CPUs without VNNI
+GEMM_WEIGHTS = (PAIR_SAFE, SEVEN_BIT, FULL_RANGE)
+UINT8_MAX = 255
+INT16_MAX = 32767
+PAIR_LIMIT = INT16_MAX // UINT8_MAX  # 128: 255 * 128 = 32,640
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,35 @@ class Int8Recipe:
     """Per-row dynamic int8 (see the module's docstring)."""
 
     embeddings: bool = True  # the table indexed by the graph's token ids, as int8 rows with a scale each
+    gemm_weights: str = PAIR_SAFE
+
+    def __post_init__(self) -> None:
+        if self.gemm_weights not in GEMM_WEIGHTS:
+            raise ExportError(f"unknown int8 weight recipe {self.gemm_weights!r}: choose from {', '.join(GEMM_WEIGHTS)}")
+
+
+def gemm_weight_int8(weight: np.ndarray, recipe: str = PAIR_SAFE) -> tuple[np.ndarray, np.ndarray]:
+    """A MatMul weight [K, N] as int8 [K, N] and one float32 scale per column [N] (see the module's docstring)."""
+    weight = weight.astype(np.float32)
+    if recipe != PAIR_SAFE:
+        levels = 63 if recipe == SEVEN_BIT else 127
+        scale = np.maximum(np.abs(weight).max(axis=0) / levels, TINY_SCALE).astype(np.float32)
+        return np.clip(np.rint(weight / scale), -levels, levels).astype(np.int8), scale
+    padded = np.concatenate([weight, np.zeros((1, weight.shape[1]), np.float32)]) if len(weight) % 2 else weight
+    pairs = np.abs(padded[0::2]) + np.abs(padded[1::2])
+    scale = np.maximum(pairs.max(axis=0) / PAIR_LIMIT, TINY_SCALE).astype(np.float32)
+    exact = padded / scale
+    quantized = np.clip(np.rint(exact), -127, 127)
+    # Rounding may lift a pair to PAIR_LIMIT + 1: take one step off the member rounded up the most.
+    even, odd = quantized[0::2], quantized[1::2]
+    over = np.abs(even) + np.abs(odd) > PAIR_LIMIT
+    lift_even = np.abs(even) - np.abs(exact[0::2])
+    lift_odd = np.abs(odd) - np.abs(exact[1::2])
+    take_even = over & (lift_even >= lift_odd)
+    take_odd = over & ~take_even
+    even[take_even] -= np.sign(even[take_even])
+    odd[take_odd] -= np.sign(odd[take_odd])
+    return quantized[: len(weight)].astype(np.int8), scale
 
 
 def quantize_int8(source: Path, destination: Path, recipe: Int8Recipe = Int8Recipe()) -> list[Path]:
@@ -58,8 +98,8 @@ def quantize_int8(source: Path, destination: Path, recipe: Int8Recipe = Int8Reci
     if source == destination:
         raise ExportError(f"{source}: quantize_int8 never overwrites its source; give another destination")
     model = onnx.load(str(source))  # with its weights: they are rewritten
-    rewriter = _PerRowRewriter(model)
-    rewriter.rewrite(embeddings=recipe.embeddings)
+    rewriter = _PerRowRewriter(model, recipe)
+    rewriter.rewrite()
     log.info("%s: %d MatMuls and %d embedding tables to int8", source, rewriter.matmuls, rewriter.tables)
     if not rewriter.matmuls:
         raise ExportError(f"{source}: no MatMul with a constant weight to quantize; is this a tower graph?")
@@ -69,7 +109,8 @@ def quantize_int8(source: Path, destination: Path, recipe: Int8Recipe = Int8Reci
 class _PerRowRewriter:
     """Rewrites one ModelProto in place; counts what it changed."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, recipe: Int8Recipe) -> None:
+        self.recipe = recipe
         self.graph = model.graph
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -83,7 +124,7 @@ class _PerRowRewriter:
         self._constants: dict[str, str] = {}
         self._constant_nodes: list[Any] = []
 
-    def rewrite(self, *, embeddings: bool) -> None:
+    def rewrite(self) -> None:
         from onnx import helper
 
         token_ids = TOWER_INPUTS[TEXTUAL][0]  # the text tower's input_ids
@@ -92,7 +133,7 @@ class _PerRowRewriter:
             weight = self.initializers.get(node.input[1]) if len(node.input) > 1 else None
             if node.op_type == "MatMul" and weight is not None and len(weight.dims) == 2:
                 nodes += self._matmul(node, helper)
-            elif (embeddings and node.op_type == "Gather" and node.input[0] in self.initializers
+            elif (self.recipe.embeddings and node.op_type == "Gather" and node.input[0] in self.initializers
                   and node.input[1] == token_ids and len(self.initializers[node.input[0]].dims) == 2):
                 nodes += self._gather(node, helper)
             else:
@@ -115,23 +156,26 @@ class _PerRowRewriter:
             self._constants[key] = name
         return self._constants[key]
 
-    def _int8_weight(self, name: str, axis: int, levels: int) -> tuple[str, str]:
-        """``name`` as symmetric int8 in -levels..levels, one scale per slice along ``axis`` (columns: 0, rows: 1)."""
+    def _int8_weight(self, name: str, gemm: bool) -> tuple[str, str]:
+        """``name`` as int8: a GEMM weight by the recipe (a scale per output column, broadcast over the MatMul's
+        result), or a table's rows (8-bit, a scale per row)."""
         from onnx import numpy_helper
 
         if name not in self._quantized:
             weight = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
-            scale = np.maximum(np.abs(weight).max(axis=axis, keepdims=True) / levels, TINY_SCALE).astype(np.float32)
-            quantized = np.clip(np.rint(weight / scale), -levels, levels).astype(np.int8)
-            if axis == 0:  # one scale per output column, broadcast over the MatMul's result
-                scale = scale.reshape(-1)
+            if gemm:
+                quantized, scale = gemm_weight_int8(weight, self.recipe.gemm_weights)
+            else:
+                scale = np.maximum(np.abs(weight).max(axis=1, keepdims=True) / TABLE_LEVELS, TINY_SCALE)
+                scale = scale.astype(np.float32)
+                quantized = np.clip(np.rint(weight / scale), -TABLE_LEVELS, TABLE_LEVELS).astype(np.int8)
             self.graph.initializer.append(numpy_helper.from_array(quantized, f"{name}_int8"))
             self.graph.initializer.append(numpy_helper.from_array(scale, f"{name}_scale"))
             self._quantized[name] = (f"{name}_int8", f"{name}_scale")
         return self._quantized[name]
 
     def _matmul(self, node: Any, helper: Any) -> list[Any]:
-        """y = x @ W as (int8 x_row) @ (7-bit W) * scale_W * scale_row, scale_row = max|x_row| / 127.
+        """y = x @ W as (int8 x_row) @ (int8 W) * scale_W * scale_row, scale_row = max|x_row| / 127.
 
         Each row is divided by its scale, then ``QuantizeLinear`` with scale 1 rounds, shifts and casts in
         one vectorized pass (as separate Round + Add + Cast ops they cost 35 ms of the image tower's 195 ms at
@@ -144,7 +188,7 @@ class _PerRowRewriter:
         """
         self.matmuls += 1
         x, out, prefix = node.input[0], node.output[0], node.name or f"matmul_{self.matmuls}"
-        weight, weight_scale = self._int8_weight(node.input[1], axis=0, levels=GEMM_WEIGHT_LEVELS)
+        weight, weight_scale = self._int8_weight(node.input[1], gemm=True)
         one, zero_point = self._constant(1.0, np.float32), self._constant(128, np.uint8)
         return [
             self._reduce("ReduceMax", x, f"{prefix}_max", helper),
@@ -174,7 +218,7 @@ class _PerRowRewriter:
 
         self.tables += 1
         prefix = node.name or f"gather_{self.tables}"
-        table, row_scale = self._int8_weight(node.input[0], axis=1, levels=TABLE_LEVELS)
+        table, row_scale = self._int8_weight(node.input[0], gemm=False)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         if axis != 0:
             raise ExportError(f"{node.name}: an embedding Gather along axis {axis}; expected 0")
