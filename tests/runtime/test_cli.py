@@ -108,6 +108,21 @@ def test_tables_align_wide_characters() -> None:
     assert lines == ["name   n", "猫猫   1", "dog   10"]
 
 
+def test_classify_table_aligns_cjk_and_combining_labels() -> None:
+    """classify's table pads by the columns a label takes in a terminal: two for 猫, none for Hindi's virama."""
+    import numpy as np
+
+    from altclip_onnx.cli.embed import format_classification
+
+    assert display_width("बिल्ली") == 5 and display_width("e\u0301") == 1  # virama, a decomposed accent
+    results = [("a.jpg", np.array([0.5, 0.3, 0.2])), ("b.jpg", np.array([0.2, 0.1, 0.7]))]
+    lines = format_classification(results, ["一只猫", "बिल्ली", "cat"], 2).splitlines()
+    # the second column is 19 wide ("top 2 (probability)"); 一只猫 takes 6 of them, बिल्ली 5
+    assert lines == ["image  top 2 (probability)",
+                     "a.jpg  一只猫  50.0%" + " " * (19 - 13 + 2) + "बिल्ली  30.0%",
+                     "b.jpg  cat  70.0%" + " " * (19 - 10 + 2) + "一只猫  20.0%"]
+
+
 def readme_table() -> dict[str, tuple[list[str], list[int]]]:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     block = text.split("<!-- options-table")[1].split("<!-- /options-table -->")[0]

@@ -187,8 +187,10 @@ def exit_partial_if(failures: Sequence[Any]) -> None:
 
 
 def display_width(text: str) -> int:
-    """Columns ``text`` takes in a terminal: East Asian wide and full-width characters take two."""
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    """Columns ``text`` takes in a terminal: East Asian wide and full-width characters take two, combining
+    marks (Hindi's virama, a decomposed accent) and format characters (zero-width joiner) none."""
+    return sum(0 if unicodedata.category(c) in ("Mn", "Me", "Cf")
+               else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> str:
