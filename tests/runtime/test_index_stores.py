@@ -65,6 +65,21 @@ def test_a_photo_queried_by_itself_comes_first_and_scores_are_exact(db: str, lib
             index.search_text(encoder, QUERY, k=0)
 
 
+def test_scores_are_cosines_never_above_one(db: str) -> None:
+    """A unit vector's float32 dot product with itself can round to 1.0000002; a score is a cosine, within -1..1."""
+    from altclip_onnx.runtime.encoder import l2_normalize
+    from altclip_onnx.search.store import Entry
+
+    vectors = l2_normalize(np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32))
+    assert (np.einsum("ij,ij->i", vectors, vectors) > 1).any()  # the rounding this is about happens here
+    with Index.open(db, create=True) as index:
+        index.store.add([Entry(f"/v/{i:03d}", i, i, f"d{i}") for i in range(len(vectors))], vectors)
+        for exact in (False, True):
+            scores = [index.search_vector(vector, 1, exact=exact)[0].score for vector in vectors]
+            assert max(scores) == 1.0 and min(scores) > 0.999, exact
+        assert min(h.score for h in index.search_vector(-vectors[0], 100, exact=True)) >= -1.0
+
+
 def test_both_stores_give_the_same_results(tmp_path: Path, pg_uri: str, library: Path, encoder: Encoder) -> None:
     pytest.importorskip("usearch")
     results = []

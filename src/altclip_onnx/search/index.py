@@ -418,4 +418,6 @@ def _folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
 
 def _top(ids: Sequence[int], paths: Sequence[str], scores: np.ndarray, k: int) -> list[Hit]:
     order = np.argsort(-scores, kind="stable")[:k]
-    return [Hit(paths[i], float(scores[i]), int(ids[i])) for i in order]
+    # cosines of unit vectors: float32 rounding can give 1.0000001, which no cosine is
+    cosines = np.clip(scores[order], -1.0, 1.0)
+    return [Hit(paths[i], float(cosine), int(ids[i])) for i, cosine in zip(order, cosines)]
