@@ -164,3 +164,28 @@ def test_no_single_image_decides_the_zero_shot_gate() -> None:
 def test_count_ops_sees_fusions(tiny_bundle: Path) -> None:
     counts = graphs.count_ops(tiny_bundle / "textual" / "model.onnx")
     assert counts["Attention"] == 2 and counts["BiasGelu"] == 2
+
+
+@pytest.mark.parametrize("tower", [VISUAL, TEXTUAL])
+def test_export_progress_says_each_step_once(tower: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text tower is fused twice (fully for fp32, without attention for int8): two different lines."""
+    from altclip_onnx.export.variants import make_variants
+
+    def step(function: object, source: Path, destination: Path, *args: object, **kwargs: object) -> list[Path]:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(b"graph")
+        return [destination]
+
+    monkeypatch.setattr(graphs, "isolated", step)  # the order of steps and what they say, not their work
+    raw = tmp_path / "raw" / "model.onnx"
+    raw.parent.mkdir()
+    raw.write_bytes(b"raw")
+    lines: list[str] = []
+    make_variants([raw], tower, ["fp32", "int8", "fp16"], tmp_path / "out", tmp_path / "work", num_heads=2,
+                  hidden_size=32, progress=lines.append)
+    assert len(lines) == len(set(lines)), lines
+    expected = {VISUAL: [f"optimizing the {tower} tower", f"quantizing the {tower} tower to int8",
+                         f"converting the {tower} tower to fp16"],
+                TEXTUAL: [f"optimizing the {tower} tower", f"optimizing the {tower} tower for int8 (attention left "
+                          "unfused)", f"quantizing the {tower} tower to int8", f"converting the {tower} tower to fp16"]}
+    assert lines == expected[tower]

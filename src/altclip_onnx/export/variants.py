@@ -58,6 +58,14 @@ def start_graph(precision: str, tower: str, *, optimize: bool) -> Start:
     return RAW if isinstance(start, FusionRecipe) and not optimize else start
 
 
+def fusing(tower: str, recipe: FusionRecipe, precision: str) -> str:
+    """The progress line of a fusion. fp32's full fusion is "optimizing the textual tower"; another says for
+    which variant and what it leaves unfused (the text tower is fused twice: for fp32, and for int8)."""
+    unfused = [name.replace("_", " ") for name in ("attention", "gelu", "layer_norm") if not getattr(recipe, name)]
+    return f"optimizing the {tower} tower" + (f" for {precision} ({', '.join(unfused)} left unfused)"
+                                              if unfused else "")
+
+
 def make_variants(
     raw: Sequence[Path],
     tower: str,
@@ -79,14 +87,14 @@ def make_variants(
     fused: dict[object, list[Path]] = {}
     written: dict[str, list[Path]] = {}
 
-    def graph(start: Start, target: Path | None = None) -> list[Path]:
+    def graph(start: Start, precision: str, target: Path | None = None) -> list[Path]:
         """The files of a start graph; each fused graph is made once (into ``target`` if given)."""
         if start == RAW:
             return list(raw)
         if start == FP32_GRAPH:
             return written["fp32"]
         if start not in fused:
-            progress(f"optimizing the {tower} tower")
+            progress(fusing(tower, start, precision))
             fused[start] = graphs.isolated(optimize_graph, raw[0],
                                           target or work / f"fused-{len(fused)}" / "model.onnx", tower,
                                           num_heads=num_heads, hidden_size=hidden_size, recipe=start)
@@ -97,12 +105,12 @@ def make_variants(
         target = destination / recipe.precision.filename
         start = start_graph(name, tower, optimize=optimize)
         if recipe.step is not None:
-            source = graph(start)[0]
+            source = graph(start, name)[0]
             progress(recipe.doing.format(tower=tower))
             written[name] = graphs.isolated(recipe.step, source, target)
         elif start == RAW:  # the raw export is already named model.onnx (+ .data): move it as it is
             target.parent.mkdir(parents=True, exist_ok=True)
             raw = written[name] = [Path(shutil.move(str(f), target.parent / f.name)) for f in raw]
         else:
-            written[name] = graph(start, target)
+            written[name] = graph(start, name, target)
     return written
