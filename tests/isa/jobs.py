@@ -7,8 +7,8 @@ emulation every import costs). The same script runs natively and emulated: only 
 Jobs:
 - ``graph``: run ``spec["model"]`` on the arrays in ``spec["inputs"]`` (an .npz); save every output by name.
 - ``encode``: embed ``spec["texts"]`` and ``spec["images"]`` (paths) with ``Encoder(spec["bundle"],
-  precision=spec["precision"])``; save ``texts`` and ``images`` (normalized vectors) and ``cpu`` (what
-  numpy's dispatcher saw: the proof of which instruction sets the child ran with).
+  precision=spec["precision"])``; save ``texts`` and ``images`` (normalized vectors; none for an empty
+  list) and ``cpu`` (what numpy's dispatcher saw: the proof of which instruction sets the child ran with).
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ def encode(spec: dict) -> dict[str, np.ndarray]:
     # The first-use numeric self-check, where Encoder has one: these jobs compare the vectors themselves.
     options.update(dict.fromkeys(SELF_CHECKS & set(inspect.signature(Encoder).parameters), False))
     encoder = Encoder(spec["bundle"], **options)
-    return {"texts": encoder.encode_texts(spec["texts"]), "images": encoder.encode_images(spec["images"])}
+    out = {}
+    if spec["texts"]:
+        out["texts"] = encoder.encode_texts(spec["texts"])
+    if spec["images"]:
+        out["images"] = encoder.encode_images(spec["images"])
+    return out
 
 
 JOBS = {"graph": run_graph, "encode": encode}

@@ -2,8 +2,9 @@
 
 Emulated Haswell (AVX2: the u8s8 GEMM that adds products in saturating int16 pairs) and Nehalem (SSE4.2)
 embed the fixture photos and the parity sentences (18 languages) with the bundle's int8; this CPU embeds
-them with int8 and fp32. The bundle's 7-bit GEMM weights keep every pair within int16, so emulated int8
-must give native int8's vectors (cosine per row, the issue's bar) and pass the int8 gate against fp32.
+them with int8 and fp32. The bundle's pair-safe GEMM weights keep every pair AVX2 adds within int16, so
+emulated int8 must give native int8's vectors (cosine per row, the issue's bar) and pass the int8 gate
+against fp32.
 """
 
 from __future__ import annotations
