@@ -201,3 +201,24 @@ def test_a_database_uri_is_never_taken_for_a_folder(tmp_path: Path, library: Pat
     assert result.stderr.strip() == ("error: mysql://me:***@localhost/photos: unknown database scheme 'mysql'; give a "
                                      "folder for the embedded index or a postgresql:// or postgres:// URI")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_the_docs_name_every_file_of_an_index_folder(tmp_path: Path) -> None:
+    """The paragraph on the store (README or docs/) names every file an index folder holds, the lock included."""
+    from altclip_onnx.runtime.encoder import l2_normalize
+
+    root = Path(__file__).resolve().parents[2]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    paragraphs = [text.split("**The store, and why.**", 1)[1].split("\n\n", 1)[0]
+                  for text in (page.read_text(encoding="utf-8") for page in pages) if "**The store, and why.**" in text]
+    assert paragraphs, "no page describes the store"
+    vectors = l2_normalize(np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32))
+    with Index.open(tmp_path / "db", create=True) as index:
+        index.store.add([Entry(f"/v/{i}", i, i, f"d{i}") for i in range(4)], vectors)
+        while_open = set(os.listdir(tmp_path / "db"))
+    files = set(os.listdir(tmp_path / "db"))
+    assert files == {"index.sqlite3", "ann.usearch", "lock"}
+    for paragraph in paragraphs:
+        assert "two files" not in paragraph and "three files" in paragraph
+        for name in files | {name.replace("index.sqlite3", "") for name in while_open - files}:  # -wal, -shm
+            assert f"`{name}`" in paragraph or f"`index.sqlite3{name}`" in paragraph, name
