@@ -77,6 +77,10 @@ def tower_output(tower: str, *, normalized: bool) -> str:
     """The name of a tower's output: its embedding, or (``normalized``) the same L2-normalized."""
     return TOWER_OUTPUTS[tower][1 if normalized else 0]
 
+#: The ONNX opset a bundle is exported with unless told otherwise (``export --opset``); the manifest records
+#: the one each bundle has.
+DEFAULT_OPSET = 17
+
 # PIL's resampling filter numbers, as CLIPImageProcessor stores them.
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -370,12 +374,12 @@ def check_integrity(bundle: str | os.PathLike[str], manifest: Manifest | None = 
 def verify_files(bundle: str | os.PathLike[str], manifest: Manifest, names: Iterable[str]) -> None:
     """Refuse corrupt weights before they run: every size always, every checksum once per file state.
 
-    A flipped block in a weights file runs silently (embeddings at cosine 0.03 to the true ones) and a
+    A flipped block in a weights file runs silently (embeddings nothing like the true ones) and a
     truncated one crashes inside onnxruntime, so files are checked before a session loads them. Hashing a
-    full bundle takes seconds (sha256 at about 0.5-1 GB/s on the project's CPUs), so a successful check is
-    recorded in ``bundle/.verified.json`` keyed by each file's size, mtime, inode and ctime (ctime cannot be
-    set back by hand); a file in the same state is not hashed again, one that changed in any way is. When the
-    bundle folder is read-only nothing is recorded and the check hashes every time.
+    full bundle takes seconds (benchmarks/README.md), so a successful check is recorded in
+    ``bundle/.verified.json`` keyed by each file's size, mtime, inode and ctime (ctime cannot be set back by
+    hand); a file in the same state is not hashed again, one that changed in any way is. When the bundle
+    folder is read-only nothing is recorded and the check hashes every time.
 
     Raises :class:`IntegrityError` naming the file and what to do.
     """

@@ -1,8 +1,16 @@
-"""How a service is configured: one frozen dataclass, its defaults those of ``altclip-onnx serve``."""
+"""How a service is configured (:mod:`altclip_onnx.serve`): one frozen dataclass that owns its defaults and
+checks its values, and the per-request limits.
+
+Outside the serve package, whose modules need the ``[serve]`` extra, so that ``altclip-onnx serve`` can take
+its defaults from here while ``--help`` works without the extra.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .errors import InputError
+from .runtime.pipeline import DECODE_WORKERS
 
 # Per-request limits (documented in README; each refused with a 400 naming it).
 MAX_TEXTS = 2048  # texts per /v1/embeddings request (OpenAI's own limit)
@@ -27,7 +35,7 @@ class ServeOptions:
     max_wait_ms: float = 5.0
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
-    workers: int = 2
+    workers: int = DECODE_WORKERS
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     classifier_cache: int = 64
@@ -36,8 +44,8 @@ class ServeOptions:
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_body_bytes", "max_pixels", "workers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be 0 or more, not {self.max_wait_ms}")
+            raise InputError(f"max_wait_ms must be 0 or more, not {self.max_wait_ms}")
         if self.api_key is not None and not self.api_key:
-            raise ValueError("api_key is empty; give None for no key")
+            raise InputError("api_key is empty; give None for no key")

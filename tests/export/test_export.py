@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from altclip_onnx.bundle import TEXTUAL, VISUAL, check_integrity, read_manifest
-from altclip_onnx.errors import BundleError, OutputError, SourceError, VerificationError
+from altclip_onnx.errors import BundleError, InputError, OutputError, SourceError, VerificationError
 from altclip_onnx.export import ExportOptions, export_bundle, verify_against_model
 from altclip_onnx.export import sources, towers
 from altclip_onnx.export.verify import reference_outputs
@@ -288,6 +288,16 @@ def test_names_resolve() -> None:
         assert canonical_variant(name) == "AltCLIP-m18"
     assert canonical_variant("AltCLIP-XLMR-L") == "AltCLIP"
     assert canonical_variant("m9") == "AltCLIP-m9"
+
+
+def test_export_options_own_their_defaults_and_checks(tmp_path: Path) -> None:
+    assert (ExportOptions().opset, ExportOptions().max_length) == (17, 77)
+    for bad in ({"opset": 99}, {"max_length": 2}, {"max_length": 513}, {"precisions": ("bf16",)}):
+        with pytest.raises(InputError):
+            ExportOptions(**bad)  # type: ignore[arg-type]
+    result = cli("export", "m18", "--random-init", "--opset", "99", "-o", str(tmp_path / "x"))
+    assert result.returncode == 2 and "opset must be 14..21, not 99" in result.stderr
+    assert not (tmp_path / "x").exists()
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -72,7 +72,69 @@ def test_only_the_encoder_touches_its_private_attributes() -> None:
                and node.attr.startswith("_") and not node.attr.startswith("__")}
     assert {"_sessions", "_tokenizer"} <= private
     roots = [PACKAGE, PACKAGE.parents[1] / "benchmarks"]
-    touching = [f"{path}:{node.lineno} .{node.attr}" for root in roots for path in sorted(root.rglob("*.py"))
+    touching = [f"{path}:{node.lineno}" for root in roots for path in sorted(root.rglob("*.py"))
                 if path != encoder for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-                if isinstance(node, ast.Attribute) and node.attr in private]
+                if (isinstance(node, ast.Attribute) and node.attr in private)
+                or (isinstance(node, ast.Constant) and node.value in private)]  # getattr(encoder, "_sessions")
     assert touching == []
+
+
+def constants(path: Path) -> list[tuple[int, object]]:
+    return [(node.lineno, node.value) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Constant)]
+
+
+def test_tower_input_and_output_names_are_typed_once() -> None:
+    from altclip_onnx.bundle import TOWER_INPUTS, TOWER_OUTPUTS
+
+    names = {name for declared in (TOWER_INPUTS, TOWER_OUTPUTS) for tower in declared.values() for name in tower}
+    typed = [f"{path.relative_to(PACKAGE)}:{line} {value!r}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name != "bundle.py" for line, value in constants(path) if value in names]
+    assert typed == []
+
+
+def test_auto_is_declared_once() -> None:
+    from altclip_onnx.precisions import AUTO
+
+    typed = [f"{path.relative_to(PACKAGE)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name != "precisions.py" for line, value in constants(path) if value == AUTO]
+    assert typed == []
+
+
+# Settings whose default one module owns; everywhere else it is named, never typed as a number.
+OWNED = {"batch_size", "workers", "max_length", "opset", "max_batch", "max_wait_ms", "max_pixels", "shard_rows"}
+
+
+def is_number(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+
+
+def test_defaults_are_named_where_they_are_repeated() -> None:
+    """Function signatures and command-line options name a default (IMAGE_BATCH_SIZE, ServeOptions.max_batch,
+    ...); only its owner, a constant or an options dataclass's field, types the number."""
+    typed = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):  # def f(..., batch_size: int = 8)
+                args = node.args
+                pairs = [*zip(args.args[len(args.args) - len(args.defaults):], args.defaults),
+                         *zip(args.kwonlyargs, args.kw_defaults)]
+                typed += [(path, default.lineno, arg.arg) for arg, default in pairs
+                          if arg.arg in OWNED and is_number(default)]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "option":  # click.option
+                flags = {a.value.lstrip("-").replace("-", "_") for a in node.args if isinstance(a, ast.Constant)}
+                typed += [(path, k.lineno, min(flags)) for k in node.keywords
+                          if k.arg == "default" and is_number(k.value) and flags & (OWNED | {"max_body_mb"})]
+    assert [f"{p.relative_to(PACKAGE)}:{line} {name}" for p, line, name in typed] == []
+
+
+def test_the_serve_command_takes_its_defaults_from_serve_options() -> None:
+    import click
+
+    from altclip_onnx.cli import main
+    from altclip_onnx.serve_options import ServeOptions
+
+    options = {p.name: p.default for p in main.commands["serve"].params if isinstance(p, click.Option)}
+    for name in ("max_batch", "max_wait_ms", "max_pixels", "workers"):
+        assert options[name] == getattr(ServeOptions, name), name
+    assert options["max_body_mb"] * 1024 * 1024 == ServeOptions.max_body_bytes

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from altclip_onnx.serve.options import MAX_IMAGES, MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
+from altclip_onnx.serve_options import MAX_IMAGES, MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
 
 from .conftest import API_KEY, Server, data_uri, jpeg_bytes, photo_array
 from .test_media import png_header

@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import click
 
-from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, AltclipOnnxError, MissingDependencyError
+from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, AltclipOnnxError, InputError, MissingDependencyError
 from ..precisions import AUTO, PRECISION_NAMES, parse_precisions
+from ..runtime.pipeline import DECODE_WORKERS, IMAGE_BATCH_SIZE, TEXT_BATCH_SIZE
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 PROVIDER_ENV = "ONNX_PROVIDER"
 NO_SELF_CHECK_ENV = "ALTCLIP_NO_SELF_CHECK"
@@ -142,7 +144,7 @@ def encoder_options(func: F) -> F:
 def batch_options(batch_size: int, workers: bool = True) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         if workers:
-            func = click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
+            func = click.option("--workers", type=click.IntRange(0), default=DECODE_WORKERS, show_default=True,
                                 help="Threads that decode images while the model runs (0: none).")(func)
         return click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True,
                             help="Inputs per model call.")(func)
@@ -150,8 +152,23 @@ def batch_options(batch_size: int, workers: bool = True) -> Callable[[F], F]:
     return decorate
 
 
+#: --batch-size and --workers of the commands that embed images, and --batch-size of those that embed texts,
+#: with the API's defaults.
+image_batch_options = batch_options(IMAGE_BATCH_SIZE)
+text_batch_options = batch_options(TEXT_BATCH_SIZE, workers=False)
+
+
 def json_option(help: str) -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def options_from_flags(cls: Callable[..., T], **values: Any) -> T:
+    """The options object a command's flags map onto (it owns their defaults and checks them): what it
+    refuses (its :class:`~altclip_onnx.errors.InputError`) is a usage error, exit 2, as click's own checks."""
+    try:
+        return cls(**values)
+    except InputError as exc:
+        raise click.UsageError(str(exc), click.get_current_context(silent=True)) from exc
 
 
 def self_check() -> bool:

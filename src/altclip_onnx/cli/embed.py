@@ -10,18 +10,21 @@ from typing import Any
 
 import click
 
+from ..distributed import RayOptions
+from ..precisions import AUTO
 from .app import (
     bundle_argument,
-    batch_options,
     encoder_options,
     exit_partial_if,
     friendly_errors,
+    image_batch_options,
     json_option,
     line_source,
     load_encoder,
     main,
     report_failures,
     table,
+    text_batch_options,
 )
 
 
@@ -36,11 +39,12 @@ def ray_options(func: Any) -> Any:
                         help="With --ray: send the bundle to the workers through Ray's object store "
                              "[default: every worker reads BUNDLE from the same path].")(func)
     func = click.option("--shard-rows", type=click.IntRange(1), default=None, metavar="N",
-                        help="With --ray: inputs per Parquet shard, the unit of resuming [default: 1000].")(func)
+                        help="With --ray: inputs per Parquet shard, the unit of resuming "
+                             f"[default: {RayOptions.shard_rows}].")(func)
     func = click.option("--actors", type=click.IntRange(1), default=None, metavar="N",
                         help="With --ray: model replicas, each with --threads onnxruntime threads (1 unless given) "
                              "and --workers decoding threads [default: the cluster's CPUs / --threads].")(func)
-    return click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+    return click.option("--ray", "ray_address", is_flag=False, flag_value=AUTO, default=None,
                         metavar="[auto|ADDRESS]",
                         help="Run on Ray: 'auto' (RAY_ADDRESS, else a cluster running here, else a local one) or "
                              "a cluster's HOST:PORT. OUT is then a folder of Parquet shards.")(func)
@@ -49,12 +53,12 @@ def ray_options(func: Any) -> Any:
 def run_on_ray(kind: str, items: list[str], bundle: str, output: Path, ray_address: str, actors: int | None,
                shard_rows: int | None, ship_bundle: bool, **options: Any) -> None:
     """embed / embed-text --ray: the distributed API, its failures listed, one summary line."""
-    from ..distributed import RayOptions, ShardReport
+    from ..distributed import ShardReport
     from ..distributed.ray_run import run
 
-    threads = options.pop("threads", None)
-    settings = RayOptions(address=ray_address, actors=actors, shard_rows=shard_rows or 1000,
-                          ship_bundle=ship_bundle, threads=threads or 1, **options)
+    given = {"shard_rows": shard_rows, "threads": options.pop("threads", None)}  # None or 0: RayOptions' default
+    settings = RayOptions(address=ray_address, actors=actors, ship_bundle=ship_bundle,
+                          **{name: value for name, value in given.items() if value}, **options)
     report: ShardReport = run(kind, items, bundle, output, settings)
     report_failures(report.failures)
     what = f"{kind}s"
@@ -86,7 +90,7 @@ def summary(report: Any, what: str) -> str:
 @click.argument("paths", nargs=-1, type=click.Path())  # text: an s3:// URI (with --ray) must keep its //
 @output_option("paths.txt")
 @click.option("--from-file", metavar="LIST", help="Images or folders, one per line ('-': standard input).")
-@batch_options(8)
+@image_batch_options
 @encoder_options
 @click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale: much faster for big photos, not exact.")
 @click.option("--no-normalize", is_flag=True, help="Raw get_image_features instead of L2-normalized embeddings.")
@@ -135,7 +139,7 @@ def embed(bundle: str, paths: tuple[str, ...], output: Path, from_file: str | No
 @click.argument("texts", nargs=-1)
 @output_option("texts.jsonl")
 @click.option("--from-file", metavar="LIST", help="Texts, one per line ('-': standard input).")
-@batch_options(32, workers=False)
+@text_batch_options
 @encoder_options
 @click.option("--no-normalize", is_flag=True, help="Raw get_text_features instead of L2-normalized embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
@@ -185,7 +189,7 @@ def embed_text(bundle: str, texts: tuple[str, ...], output: Path, from_file: str
               help="Labels shown per image in the table.")
 @json_option("Print JSON: [{path, probabilities: {label: p}} or {path, error}], every label, every file.")
 @click.option("--from-file", metavar="LIST", help="Images or folders, one per line ('-': standard input).")
-@batch_options(8)
+@image_batch_options
 @encoder_options
 @click.option("--draft", is_flag=True, help="Decode JPEGs at 1/2-1/8 scale (faster for big photos).")
 @friendly_errors

@@ -13,11 +13,11 @@ from typing import Any
 import click
 
 from .app import (
-    batch_options,
     bundle_argument,
     encoder_options,
     exit_partial_if,
     friendly_errors,
+    image_batch_options,
     json_option,
     load_encoder,
     main,
@@ -62,7 +62,7 @@ def evaluate() -> None:
 @click.option("--template", "templates", multiple=True, metavar="TEXT",
               help="Zero-shot prompt with {} for the label (repeatable) [default: 5 English CLIP templates].")
 @json_option("Print the accuracies (and the files that failed) as JSON.")
-@batch_options(8)
+@image_batch_options
 @encoder_options
 @friendly_errors
 def classification(bundle: str, test_dir: Path, cache: Path | None, label_lists: tuple[str, ...],
@@ -104,7 +104,7 @@ def classification(bundle: str, test_dir: Path, cache: Path | None, label_lists:
               help='One caption per line: {"image": "a/1.jpg", "caption": "...", "language": "en"}.')
 @precisions_option(None, "Precisions to compare side by side [default: every precision the bundle has].")
 @json_option("Print the recalls as JSON (fractions, per precision, direction and language).")
-@batch_options(8)
+@image_batch_options
 @provider_option
 @threads_option
 @friendly_errors

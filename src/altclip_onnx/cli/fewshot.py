@@ -9,9 +9,9 @@ import click
 from ..errors import InputError
 from .app import (
     bundle_argument,
-    batch_options,
     encoder_options,
     friendly_errors,
+    image_batch_options,
     load_encoder,
     main,
     percent,
@@ -47,7 +47,7 @@ def fewshot() -> None:
 @click.option("--betas", default="0.1,0.5,1,2,3,4,5.5,7,8.5,10,12.5,15,17.5,20", show_default=True,
               help="Grid searched for beta (how sharply the cache's votes fall off).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cache/validation split.")
-@batch_options(8)
+@image_batch_options
 @encoder_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache file.")
 @friendly_errors

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import click
 
+from ..bundle import DEFAULT_OPSET, TextSpec
+from ..precisions import EXPORTED_BY_DEFAULT
 from .app import (
     bundle_argument,
     friendly_errors,
     json_option,
     main,
+    options_from_flags,
     precisions_option,
     provider_option,
     require_export_extra,
@@ -27,10 +30,11 @@ from .app import (
 @click.option("--random-init", is_flag=True, help="Random weights and a placeholder tokenizer; no download.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Hub download cache [default: ./model].")
-@click.option("--max-length", type=click.IntRange(3, 512), default=77, show_default=True,
-              help="Default text truncation stored in the bundle (the text tower takes up to 512 tokens).")
-@click.option("--opset", type=click.IntRange(14, 21), default=17, show_default=True, help="ONNX opset.")
-@precisions_option("fp32,int8", "Variants to write (fp32 always: it is the reference).")
+@click.option("--max-length", type=int, default=TextSpec.max_length, show_default=True,
+              help=f"Default text truncation stored in the bundle (the text tower takes up to "
+                   f"{TextSpec.model_max_length} tokens).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
+@precisions_option(",".join(EXPORTED_BY_DEFAULT), "Variants to write (fp32 always: it is the reference).")
 @click.option("--no-optimize", is_flag=True, help="Write the plain, unfused export (for comparisons).")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with PyTorch.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
@@ -50,9 +54,10 @@ def export(source: str | None, output: Path | None, random_init: bool, seed: int
     from ..models import DEFAULT_VARIANT
 
     source = source or os.environ.get("MODEL") or DEFAULT_VARIANT
-    options = ExportOptions(opset=opset, max_length=max_length, verify=not no_verify, overwrite=overwrite,
-                            random_init=random_init, seed=seed, cache_dir=str(cache_dir) if cache_dir else None,
-                            precisions=precisions, optimize=not no_optimize)
+    options = options_from_flags(ExportOptions, opset=opset, max_length=max_length, verify=not no_verify,
+                                 overwrite=overwrite, random_init=random_init, seed=seed,
+                                 cache_dir=str(cache_dir) if cache_dir else None, precisions=precisions,
+                                 optimize=not no_optimize)
     result = export_bundle(source, output or default_output(source), options, progress=step_printer())
     if result.report is not None:
         click.echo(result.report.format_table())

@@ -11,10 +11,10 @@ import click
 from .app import (
     bundle_argument,
     AUTO_OR_PRECISIONS,
-    batch_options,
     encoder_options,
     exit_partial_if,
     friendly_errors,
+    image_batch_options,
     json_option,
     load_encoder,
     self_check,
@@ -33,7 +33,7 @@ from .app import (
               help="Index: a folder (created if missing) or a postgresql:// URI.")
 @click.option("--prune", is_flag=True,
               help="Also drop every row whose file is gone, wherever it was (a library moved or deleted elsewhere).")
-@batch_options(8)
+@image_batch_options
 @encoder_options
 @friendly_errors
 def index_command(bundle: str, folders: tuple[Path, ...], db: str, prune: bool, batch_size: int, workers: int,

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..bundle import RESAMPLE_NAMES, TEXTUAL, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL, Manifest, TOKENIZER
+from ..bundle import RESAMPLE_NAMES, TEXTUAL, TOKENIZER, TOWER_INPUTS, VISUAL, Manifest, tower_output
 from ..errors import InputError
 from ..precisions import PRECISION_NAMES
 from .graph import GraphEdits
@@ -148,7 +148,7 @@ def _transformers_js(manifest: Manifest, precisions: Sequence[str] | None) -> La
             weights = _external_weight_names(manifest, tower, precision, f"{name}.onnx")
             if weights:
                 external[f"{name}.onnx"] = len(weights)
-            feed = Feed(inputs=TOWER_INPUTS[tower], output=TOWER_OUTPUTS[tower][0])
+            feed = Feed(inputs=TOWER_INPUTS[tower], output=tower_output(tower, normalized=False))
             graphs.append(GraphFile(tower, precision, f"onnx/{name}.onnx", GraphEdits(), weights, feed))
     tjs_config: dict[str, Any] = {}
     if external:
@@ -209,9 +209,9 @@ def _immich(manifest: Manifest, precisions: Sequence[str] | None) -> Layout:
     chosen = {tower: _chosen(manifest, tower, [precision]) for tower in (TEXTUAL, VISUAL)}
     length = manifest.text.max_length
     text_edits = GraphEdits(int32_inputs=TOWER_INPUTS[TEXTUAL],
-                            outputs=((TOWER_OUTPUTS[TEXTUAL][1], IMMICH_OUTPUT),))
+                            outputs=((tower_output(TEXTUAL, normalized=True), IMMICH_OUTPUT),))
     image_edits = GraphEdits(rename_inputs={TOWER_INPUTS[VISUAL][0]: IMMICH_IMAGE_INPUT},
-                             outputs=((TOWER_OUTPUTS[VISUAL][1], IMMICH_OUTPUT),))
+                             outputs=((tower_output(VISUAL, normalized=True), IMMICH_OUTPUT),))
     graphs = (
         GraphFile(TEXTUAL, precision, "textual/model.onnx", text_edits, _immich_weights(manifest, TEXTUAL, precision),
                   Feed(TOWER_INPUTS[TEXTUAL], int_dtype="int32", pad_to=length, output=IMMICH_OUTPUT, normalized=True)),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TOKENIZER, TOWER_OUTPUTS, VISUAL, Manifest, read_manifest, verify_files
+from ..bundle import INPUT_IDS, PIXEL_VALUES, TOKENIZER, VISUAL, Manifest, read_manifest, tower_output, verify_files
 from ..errors import ExportError, MissingDependencyError
 from ..files import refuse_non_empty, staging_folder, write_json
 from .graph import save_edited
@@ -144,7 +144,7 @@ def check_inputs(manifest: Manifest, folder: Path, tower: str) -> list[dict[str,
     if tower == VISUAL:
         size = manifest.image.size
         rng = np.random.default_rng(0)
-        return [{"pixel_values": rng.standard_normal((CHECK_IMAGES, 3, size, size)).astype(np.float32)}]
+        return [{PIXEL_VALUES: rng.standard_normal((CHECK_IMAGES, 3, size, size)).astype(np.float32)}]
     from ..runtime.text import load_tokenizer, tokenize
 
     tokenizer = load_tokenizer(folder / TOKENIZER, manifest.text)
@@ -154,10 +154,10 @@ def check_inputs(manifest: Manifest, folder: Path, tower: str) -> list[dict[str,
 def padded(ours: dict[str, np.ndarray], graph: GraphFile, pad_id: int) -> dict[str, np.ndarray]:
     """Our inputs padded to the length the client pads to (``Feed.pad_to``), still in our names and dtypes."""
     length = graph.feed.pad_to
-    if length is None or "input_ids" not in ours or ours["input_ids"].shape[1] >= length:
+    if length is None or INPUT_IDS not in ours or ours[INPUT_IDS].shape[1] >= length:
         return ours
-    extra = length - ours["input_ids"].shape[1]
-    return {name: np.pad(array, ((0, 0), (0, extra)), constant_values=pad_id if name == "input_ids" else 0)
+    extra = length - ours[INPUT_IDS].shape[1]
+    return {name: np.pad(array, ((0, 0), (0, extra)), constant_values=pad_id if name == INPUT_IDS else 0)
             for name, array in ours.items()}
 
 
@@ -176,7 +176,7 @@ def check_graph(folder: Path, manifest: Manifest, staging: Path, graph: GraphFil
 
     inputs = [padded(batch, graph, manifest.text.pad_id) for batch in check_inputs(manifest, folder, graph.tower)]
     original = make_session(folder / manifest.towers[graph.tower][graph.precision].path, provider="cpu")
-    ours_output = TOWER_OUTPUTS[graph.tower][1 if graph.feed.normalized else 0]
+    ours_output = tower_output(graph.tower, normalized=graph.feed.normalized)
     want = np.concatenate([original.run([ours_output], batch)[0] for batch in inputs])
     del original
     converted = make_session(staging / graph.path, provider="cpu")

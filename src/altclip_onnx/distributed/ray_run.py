@@ -24,14 +24,15 @@ import numpy as np
 
 from ..bundle import MANIFEST, TEXTUAL, VISUAL, needed_files, read_manifest, verify_files
 from ..errors import AltclipOnnxError, BundleError, InputError, Interrupted, MissingDependencyError, one_line
+from ..precisions import AUTO
 from ..runtime.encoder import Encoder
-from ..runtime.pipeline import TEXT_BATCH_SIZE, Failure
+from ..runtime.outputs import run_meta
+from ..runtime.pipeline import DECODE_WORKERS, IMAGE_BATCH_SIZE, TEXT_BATCH_SIZE, Failure
 from ..runtime.progress import Progress
 from .shards import ShardFolder, inputs_digest, pyarrow
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
 SHIPPED_CACHE = "altclip-onnx-bundles"  # under each node's temp folder: bundles shipped through the object store
 
 
@@ -51,7 +52,7 @@ class RayOptions:
     address: str = AUTO
     actors: int | None = None
     threads: int = 1
-    workers: int = 2  # as the command line's --workers
+    workers: int = DECODE_WORKERS
     batch_size: int | None = None
     shard_rows: int = 1000
     ship_bundle: bool = False
@@ -273,8 +274,8 @@ def run(kind: str, items: Sequence[str], bundle: str | os.PathLike[str], output:
         raise InputError(f"no {kind}s to embed")
     # The driver resolves the bundle and the precision, so every actor runs the same variant.
     encoder = Encoder(bundle, provider=options.provider, precision=options.precision, threads=1)
-    batch_size = options.batch_size or (8 if kind == "image" else TEXT_BATCH_SIZE)
-    meta = _meta(encoder, kind, tower, options)
+    batch_size = options.batch_size or (IMAGE_BATCH_SIZE if kind == "image" else TEXT_BATCH_SIZE)
+    meta = run_meta(encoder, kind, normalize=options.normalize, draft=options.draft)
     out = ShardFolder(Path(output), kind, meta, len(items), options.shard_rows, inputs_digest(items),
                       encoder.embedding_dim)
     todo = out.open(overwrite=options.overwrite)
@@ -312,15 +313,6 @@ def run(kind: str, items: Sequence[str], bundle: str | os.PathLike[str], output:
         out.close()
     return ShardReport(out.folder, out.rows, out.shards, out.shards - len(todo), embedded, tuple(failures), actors,
                        time.perf_counter() - started)
-
-
-def _meta(encoder: Encoder, kind: str, tower: str, options: RayOptions) -> dict[str, Any]:
-    manifest = encoder.manifest
-    variant = manifest.towers[tower][encoder.precisions[tower]]
-    entry = manifest.files.get(variant.path)
-    return {"kind": kind, "variant": manifest.variant, "source": manifest.source, "model": variant.path,
-            "sha256": entry.sha256 if entry else None, "embedding_dim": manifest.embedding_dim,
-            "normalize": options.normalize, "draft": options.draft if kind == "image" else False}
 
 
 def _dataset(ray: Any, out: ShardFolder, todo: list[int], items: Sequence[str], actors: int, batch_size: int) -> Any:

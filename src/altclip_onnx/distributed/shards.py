@@ -32,8 +32,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..errors import InputError, MissingDependencyError, OutputError
+from ..errors import InputError, OutputError
 from ..files import atomic_path, ensure_writable_folder, lock_file, write_json
+from ..runtime.outputs import parquet_modules, parquet_string
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,7 @@ PLAN_FORMAT = 1
 
 
 def pyarrow() -> tuple[Any, Any]:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise MissingDependencyError("writing Parquet shards", "distributed", "pyarrow") from exc
-    return pa, pq
+    return parquet_modules("writing Parquet shards", "distributed")
 
 
 def shard_name(index: int) -> str:
@@ -167,7 +163,7 @@ class ShardFolder:
         ok = np.array([error is None for error in errors], dtype=bool)
         flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1))
         embedding = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~ok))
-        names = [_printable(item) for item in items]
+        names = [parquet_string(item) for item in items]
         columns = [pa.array(names, pa.string()), embedding]
         fields = [(self.column, pa.string()), ("embedding", pa.list_(pa.float32(), self.dim))]
         if self.kind == "image":
@@ -207,7 +203,3 @@ def read_shards(folder: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, 
     rows[np.asarray(embedding.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
     return items, rows, errors
 
-
-def _printable(item: str) -> str:
-    """Parquet strings are UTF-8: undecodable bytes of a file name become U+FFFD."""
-    return item.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")

@@ -41,7 +41,7 @@ from ..bundle import TEXTUAL, VISUAL
 from ..errors import InputError, VerificationError
 from ..precisions import FP32, PRECISION_NAMES, parse_precisions
 from ..runtime.encoder import Encoder
-from ..runtime.pipeline import TEXT_BATCH_SIZE, embed_images, embed_texts
+from ..runtime.pipeline import DECODE_WORKERS, IMAGE_BATCH_SIZE, TEXT_BATCH_SIZE, embed_images, embed_texts
 
 log = logging.getLogger(__name__)
 
@@ -332,8 +332,8 @@ def evaluate_retrieval(
     ks: Sequence[int] = DEFAULT_KS,
     provider: str | None = None,
     threads: int | None = None,
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = IMAGE_BATCH_SIZE,
+    workers: int = DECODE_WORKERS,
     progress: bool = True,
     load: Callable[[str], Encoder] | None = None,
 ) -> RetrievalReport:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ..bundle import MANIFEST, PREPROCESSOR, TEXTUAL, TOKENIZER, TOWERS, VISUAL, Manifest, Variant, file_entry
+from ..bundle import (DEFAULT_OPSET, MANIFEST, PREPROCESSOR, TEXTUAL, TOKENIZER, TOWERS, VISUAL, Manifest, TextSpec,
+                      Variant, file_entry)
+from ..errors import InputError
 from ..files import ensure_writable_folder, refuse_non_empty, staging_folder, write_json
-from ..precisions import parse_precisions
+from ..precisions import EXPORTED_BY_DEFAULT, parse_precisions
 from . import towers as tower_export
 from .sources import LoadedModel, load_model, resolve_source
 from .variants import make_variants
@@ -29,15 +31,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExportOptions:
-    opset: int = tower_export.DEFAULT_OPSET
-    max_length: int = 77  # default text truncation stored in the manifest (the tower takes up to 512)
+    """How ``export`` runs; its defaults are the command's, and it refuses values that cannot work
+    (:class:`InputError`)."""
+
+    opset: int = DEFAULT_OPSET
+    max_length: int = TextSpec.max_length  # default text truncation stored in the manifest
     verify: bool = True
     overwrite: bool = False
     random_init: bool = False
     seed: int = 0
     cache_dir: str | None = None
-    precisions: tuple[str, ...] = ("fp32", "int8")  # fp32 is always written: it is the reference variant
+    precisions: tuple[str, ...] = EXPORTED_BY_DEFAULT  # fp32 is always written: it is the reference variant
     optimize: bool = True  # fuse with onnxruntime's transformer optimizer; False gives the plain export
+
+    OPSETS = range(14, 22)  # the opsets export accepts
+
+    def __post_init__(self) -> None:
+        if self.opset not in self.OPSETS:
+            raise InputError(f"opset must be {self.OPSETS.start}..{self.OPSETS.stop - 1}, not {self.opset}")
+        if not 3 <= self.max_length <= TextSpec.model_max_length:
+            raise InputError(f"max_length must be 3..{TextSpec.model_max_length} (the text tower takes up to "
+                             f"{TextSpec.model_max_length} tokens), not {self.max_length}")
+        parse_precisions(self.precisions)  # unknown names: InputError
 
 
 @dataclass
@@ -109,7 +124,7 @@ def write_graphs(loaded: LoadedModel, stage: Path, precisions: tuple[str, ...], 
 
     Memory: the PyTorch model is released once both raw graphs exist, and every graph transformation
     runs in a fresh process (``graphs.isolated``), because onnx and onnxruntime's tools hold several
-    copies of a 2.2 GB text tower at their peak and Python does not return that memory to the system.
+    copies of the text tower at their peak and Python does not return that memory to the system.
     """
     import tempfile
 
@@ -127,7 +142,7 @@ def write_graphs(loaded: LoadedModel, stage: Path, precisions: tuple[str, ...], 
             progress(f"exporting the {tower} tower")
             raw[tower] = tower_export.export_tower(loaded.model, tower, Path(raw_dir) / tower / "model.onnx",
                                                    opset=options.opset)
-        loaded.model = None  # the reference outputs are already computed; free 3.4 GB before the next steps
+        loaded.model = None  # the reference outputs are already computed; free the weights before the next steps
         release_memory()
         for tower in TOWERS:
             heads, hidden = shapes[tower]

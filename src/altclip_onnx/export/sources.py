@@ -308,7 +308,7 @@ class LoadedModel:
         self.logit_scale = float(self.model.logit_scale.detach().exp().item())
 
 
-def load_model(source: ResolvedSource, *, max_length: int = 77) -> LoadedModel:
+def load_model(source: ResolvedSource, *, max_length: int = TextSpec.max_length) -> LoadedModel:
     """Load any source into an eval-mode AltCLIPModel plus tokenizer and preprocessing settings."""
     from . import tokenizer as tok
 
@@ -454,7 +454,7 @@ def init_input_sensitive(model: Any, seed: int) -> None:
     """Deterministic random weights under which different inputs give clearly different embeddings.
 
     transformers' default initialisation makes every input of a small model embed to nearly the same
-    vector (cosine 0.99999 between unrelated sentences), which hides real bugs such as off-by-one token
+    vector, even unrelated sentences, which hides real bugs such as off-by-one token
     ids. Weights ~ N(0, 1/fan_in), LayerNorm weights ~ 1, embeddings ~ N(0, 1) keep inputs apart.
     The same seed always gives the same weights (the verifier rebuilds the reference from it).
     """

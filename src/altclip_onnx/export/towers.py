@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bundle import TEXTUAL, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL
+from ..bundle import DEFAULT_OPSET, TEXTUAL, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL
 from ..errors import ExportError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 17
 # Above this many bytes of weights a graph cannot be one protobuf (2 GiB limit): weights go to
 # model.onnx.data beside it. Kept well below the limit to leave room for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1 << 30

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TOKENIZER, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL, Manifest, read_manifest
+from ..bundle import ATTENTION_MASK, TOKENIZER, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL, Manifest, read_manifest
 from ..errors import SourceError
 from ..verification import OwnData, VerifyReport, check_and_report
 from ..verification.own_data import own_cases
@@ -52,7 +52,7 @@ def build_reference(model: Any, tokenizer_json: str, manifest: Manifest) -> Stor
     images, notes, distinct = verification_images(manifest)
     cases = verification_cases(tokenizer_json, manifest, images)
     for case in cases:
-        tokens = case.inputs.get("attention_mask")
+        tokens = case.inputs.get(ATTENTION_MASK)
         if tokens is not None and case.name.startswith("long") and tokens.shape[1] < LONG_TEXT_MIN_TOKENS:
             log.warning("the long verification text is only %d tokens", tokens.shape[1])
     return StoredReference(cases, reference_outputs(model, cases), images, notes, distinct)

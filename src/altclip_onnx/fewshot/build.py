@@ -29,8 +29,8 @@ import numpy as np
 from ..bundle import VISUAL
 from ..errors import InputError
 from ..files import hash_file
-from ..runtime.encoder import DEFAULT_TEMPLATES, Encoder
-from ..runtime.pipeline import Failure, embed_images, image_extensions, iter_image_files
+from ..runtime.encoder import Encoder, Prompts
+from ..runtime.pipeline import DECODE_WORKERS, IMAGE_BATCH_SIZE, Failure, embed_images, image_extensions, iter_image_files
 from .adapter import CACHE, VALIDATION, LabelledImage, TipAdapter, Validation
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ def build_cache(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     betas: Sequence[float] = DEFAULT_BETAS,
     seed: int = 0,
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = IMAGE_BATCH_SIZE,
+    workers: int = DECODE_WORKERS,
     progress: bool = True,
 ) -> TipAdapter:
     """Embed the labelled images of ``data_dir`` into a :class:`TipAdapter` and tune alpha and beta.
@@ -166,7 +166,6 @@ def build_cache(
     if len(folder.class_names) < 2:
         raise InputError(f"{data_dir}: holds one class ({folder.class_names[0]}); a classifier needs at least two "
                          "class folders")
-    templates = tuple([templates] if isinstance(templates, str) else templates or DEFAULT_TEMPLATES)
     chosen: list[tuple[Path, int, str]] = []  # file, class index, split
     for index, name in enumerate(folder.class_names):
         cached, validation = split_class(folder.files[name], name, shots=shots, val_per_class=val_per_class,
@@ -175,14 +174,15 @@ def build_cache(
     images = [LabelledImage(relative_name(path, folder.root), content_hash(path), folder.class_names[index], split)
               for path, index, split in chosen]
     warn_duplicates(images)
+    labels = tuple(folder.labels[name] for name in folder.class_names)
+    prompts = Prompts.of(labels, templates or None)  # a bad label or template fails now, not after the embedding
     features = embed_all(encoder, [path for path, _, _ in chosen], batch_size=batch_size, workers=workers,
                          progress=progress)
     classes = np.array([index for _, index, _ in chosen], dtype=np.int64)
     is_cached = np.array([split == CACHE for _, _, split in chosen])
     one_hot = np.eye(len(folder.class_names), dtype=np.float32)
     keys, values = features[is_cached], one_hot[classes[is_cached]]
-    labels = tuple(folder.labels[name] for name in folder.class_names)
-    classifier = encoder.text_classifier(labels, templates)
+    classifier = encoder.text_classifier(prompts.labels, prompts.templates)
     scale = encoder.logit_scale
     val_features, truth = features[~is_cached], classes[~is_cached]
     if len(truth):
@@ -195,7 +195,7 @@ def build_cache(
     log.info("Tip-Adapter: %d cached, %d validation images; alpha=%g beta=%g", len(keys), len(truth), alpha, beta)
     return TipAdapter(
         keys=keys, values=values, classifier=classifier, class_names=folder.class_names, labels=labels,
-        templates=templates, alpha=float(alpha), beta=float(beta), logit_scale=scale,
+        templates=prompts.templates, alpha=float(alpha), beta=float(beta), logit_scale=scale,
         model=encoder.identity, precision=encoder.precisions[VISUAL],
         validation=Validation(len(truth), zero_shot, accuracy, tuple(alphas), tuple(betas)),
         images=tuple(images), seed=seed,

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import InputError
 from ..files import hash_file
 from ..runtime.encoder import Encoder, l2_normalize
-from ..runtime.pipeline import Batch, Failure, embed_images
+from ..runtime.pipeline import DECODE_WORKERS, IMAGE_BATCH_SIZE, Batch, Failure, embed_images
 from .adapter import CACHE, LabelledImage, TipAdapter
 from .build import read_labelled_folder
 
@@ -24,8 +24,8 @@ def classify_with_cache(
     files: Iterable[str | os.PathLike[str]],
     adapter: TipAdapter,
     *,
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = IMAGE_BATCH_SIZE,
+    workers: int = DECODE_WORKERS,
     draft: bool = False,
     progress: bool = True,
 ) -> Iterator[Batch]:
@@ -82,8 +82,8 @@ def evaluate(
     *,
     labels: Sequence[str] | None = None,
     templates: Sequence[str] | None = None,
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = IMAGE_BATCH_SIZE,
+    workers: int = DECODE_WORKERS,
     progress: bool = True,
 ) -> Evaluation:
     """Classify every image of ``test_dir`` (one sub-folder per class) and count the correct ones.

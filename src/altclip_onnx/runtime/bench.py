@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TEXTUAL, TOWER_INPUTS, VISUAL, Manifest, read_manifest
+from ..bundle import ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES, TEXTUAL, TOWER_INPUTS, VISUAL, Manifest, read_manifest
 from ..errors import InputError
 from ..files import ensure_writable_folder, write_bytes
 
@@ -64,10 +64,10 @@ def make_inputs(
 ) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     if tower == VISUAL:
-        return {"pixel_values": rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)}
+        return {PIXEL_VALUES: rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)}
     ids = rng.integers(4, min(vocab_size - 1, 1000), (batch, tokens)).astype(np.int64)
     ids[:, 0], ids[:, -1] = 0, 2
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    return {INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids)}
 
 
 def interleaved_medians(

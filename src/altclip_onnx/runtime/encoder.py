@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..bundle import TEXTUAL, TOKENIZER, TOWER_OUTPUTS, VISUAL, Manifest, ModelIdentity, read_manifest, verify_files
+from ..bundle import (PIXEL_VALUES, TEXTUAL, TOKENIZER, VISUAL, Manifest, ModelIdentity, read_manifest, tower_output,
+                      verify_files)
 from ..errors import BundleError, InputError
 from ..precisions import AUTO, PRECISION_NAMES, auto_order
 from .images import ImageInput, preprocess_batch
@@ -22,6 +24,9 @@ from ..verification.selfcheck import ensure_verified
 from .text import check_texts, load_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
+
+IMAGE_BATCH_SIZE = 8  # images per model call, unless told otherwise (every layer's default)
+TEXT_BATCH_SIZE = 32  # texts per model call, likewise
 
 # Prompt ensembling as in CLIP: each label is embedded in several sentences and the normalized
 # embeddings are averaged. English templates work for labels in any language (AltCLIP was trained on
@@ -82,11 +87,38 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     return labels
 
 
-def fill_templates(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
-    for template in templates:
-        if "{}" not in template:
-            raise InputError(f"template {template!r} has no {{}} where the label goes")
-    return [template.replace("{}", label) for label in labels for template in templates]
+@dataclass(frozen=True)
+class Prompts:
+    """A zero-shot classifier's recipe: each label in each template, embedded; per label, the renormalized
+    mean of its normalized embeddings. Whoever runs the text tower (:meth:`Encoder.text_classifier`, the
+    service's batches) embeds :attr:`texts` and hands the vectors to :meth:`classifier`."""
+
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    @classmethod
+    def of(cls, labels: Sequence[str], templates: str | Sequence[str] | None = None) -> Prompts:
+        """Checked labels (see :func:`check_labels`) and templates: None for :data:`DEFAULT_TEMPLATES`, one
+        string for one template; none at all is an :class:`InputError`."""
+        labels = check_labels(labels)
+        if templates is None:
+            templates = DEFAULT_TEMPLATES
+        templates = [templates] if isinstance(templates, str) else list(templates)
+        if not templates:
+            raise InputError("no templates given; pass None for the default ones")
+        for template in templates:
+            if "{}" not in template:
+                raise InputError(f"template {template!r} has no {{}} where the label goes")
+        return cls(tuple(labels), tuple(templates))
+
+    @property
+    def texts(self) -> list[str]:
+        """Label by label, each in every template."""
+        return [template.replace("{}", label) for label in self.labels for template in self.templates]
+
+    def classifier(self, embeds: np.ndarray) -> np.ndarray:
+        """float32 [labels, D] from the normalized embeddings of :attr:`texts`, in their order."""
+        return l2_normalize(embeds.reshape(len(self.labels), len(self.templates), -1).mean(axis=1))
 
 
 class Encoder:
@@ -194,7 +226,8 @@ class Encoder:
         """XLM-R ids padded to the longest text (pad id 1, mask 0), truncated to max_length keeping ``</s>``."""
         return tokenize(self.tokenizer, check_texts(texts))
 
-    def encode_texts(self, texts: str | Sequence[str], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+    def encode_texts(self, texts: str | Sequence[str], *, batch_size: int = TEXT_BATCH_SIZE,
+                     normalize: bool = True) -> np.ndarray:
         """float32 [N, D]; L2-normalized unless ``normalize=False`` (then equal to get_text_features)."""
         texts = check_texts(texts)
         check_batch_size(batch_size)
@@ -202,7 +235,7 @@ class Encoder:
         # Sorting by length keeps padding (wasted work) small; results go back in the caller's order.
         lengths = [len(t) for t in texts]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
-        output = TOWER_OUTPUTS[TEXTUAL][1 if normalize else 0]
+        output = tower_output(TEXTUAL, normalized=normalize)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             inputs = self.tokenize([texts[i] for i in index])
@@ -216,14 +249,14 @@ class Encoder:
         return preprocess_batch(as_list(images), self.manifest.image, draft=draft)
 
     def encode_pixels(self, pixel_values: np.ndarray, *, normalize: bool = True) -> np.ndarray:
-        output = TOWER_OUTPUTS[VISUAL][1 if normalize else 0]
-        return self.session(VISUAL).run([output], {"pixel_values": pixel_values})[0]
+        output = tower_output(VISUAL, normalized=normalize)
+        return self.session(VISUAL).run([output], {PIXEL_VALUES: pixel_values})[0]
 
     def encode_images(
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 8,
+        batch_size: int = IMAGE_BATCH_SIZE,
         normalize: bool = True,
         draft: bool = False,
     ) -> np.ndarray:
@@ -239,16 +272,10 @@ class Encoder:
     # --- zero-shot classification -----------------------------------------------------------------
 
     def text_classifier(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
-        """float32 [len(labels), D]: per label, the renormalized mean of its normalized template embeddings."""
-        labels = check_labels(labels)
-        if templates is None:
-            templates = DEFAULT_TEMPLATES
-        templates = [templates] if isinstance(templates, str) else list(templates)  # one string is one template
-        if not templates:
-            raise InputError("no templates given; pass None for the default ones")
-        embeds = self.encode_texts(fill_templates(labels, templates))
-        per_label = embeds.reshape(len(labels), len(templates), -1).mean(axis=1)
-        return l2_normalize(per_label)
+        """float32 [len(labels), D]: per label, the renormalized mean of its normalized template embeddings
+        (:class:`Prompts`)."""
+        prompts = Prompts.of(labels, templates)
+        return prompts.classifier(self.encode_texts(prompts.texts))
 
     def classify(
         self,
@@ -256,7 +283,7 @@ class Encoder:
         labels: Sequence[str],
         templates: Sequence[str] | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int = IMAGE_BATCH_SIZE,
     ) -> np.ndarray:
         """float32 [N, len(labels)] probabilities: softmax(logit_scale x cosine(image, label))."""
         classifier = self.text_classifier(labels, templates)

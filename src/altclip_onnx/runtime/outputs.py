@@ -41,7 +41,7 @@ from ..bundle import TEXTUAL, VISUAL
 from ..errors import InputError, Interrupted, MissingDependencyError, OutputError
 from ..files import atomic_path, ensure_writable_folder, lock_file, write_bytes
 from .encoder import Encoder
-from .pipeline import TEXT_BATCH_SIZE, Batch, Failure, embed_images, embed_texts
+from .pipeline import DECODE_WORKERS, IMAGE_BATCH_SIZE, TEXT_BATCH_SIZE, Batch, Failure, embed_images, embed_texts
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,13 @@ _CHUNK_ROWS = 4096  # a checkpoint chunk holds at most this many rows (bounds th
 class EmbedOptions:
     """How :func:`embed_images_to_file` and :func:`embed_texts_to_file` run.
 
-    ``batch_size`` None: 8 for images, 32 for texts. ``overwrite``: replace an existing output
+    ``batch_size`` None: ``IMAGE_BATCH_SIZE`` for images, ``TEXT_BATCH_SIZE`` for texts. ``overwrite``: replace an existing output
     (otherwise refused, unless a checkpoint says the run is being resumed).
     ``checkpoint_seconds``: the most work a hard kill can lose.
     """
 
     batch_size: int | None = None
-    workers: int = 2
+    workers: int = DECODE_WORKERS
     draft: bool = False
     normalize: bool = True
     progress: bool = True
@@ -122,8 +122,8 @@ def embed_images_to_file(
 
     Failed files are in the report, not in the output. See the module docstring for formats and resume.
     """
-    batch_size = options.batch_size or 8
-    meta = _meta(encoder, "image", VISUAL, options)
+    batch_size = options.batch_size or IMAGE_BATCH_SIZE
+    meta = run_meta(encoder, "image", normalize=options.normalize, draft=options.draft)
     return _run(encoder, files, output, "image", meta, options, lambda todo, progress: embed_images(
         encoder, todo, batch_size=batch_size, workers=options.workers, draft=options.draft,
         normalize=options.normalize, progress=progress))  # fmt: skip
@@ -137,7 +137,7 @@ def embed_texts_to_file(
 ) -> EmbedReport:
     """Embed ``texts`` into ``output`` (``OUT.npy`` + ``OUT.texts.jsonl`` or Parquet column ``text``)."""
     batch_size = options.batch_size or TEXT_BATCH_SIZE
-    meta = _meta(encoder, "text", TEXTUAL, options)
+    meta = run_meta(encoder, "text", normalize=options.normalize, draft=False)
     return _run(encoder, texts, output, "text", meta, options, lambda todo, progress: embed_texts(
         encoder, todo, batch_size=batch_size, normalize=options.normalize, progress=progress))  # fmt: skip
 
@@ -146,7 +146,7 @@ def read_embeddings(output: str | os.PathLike[str]) -> tuple[list[str], np.ndarr
     """(paths or texts, float32 [N, D]) from a finished output of either format."""
     output = Path(output)
     if output.suffix.lower() == PARQUET:
-        pq = _pyarrow("reading Parquet")[1]
+        pq = parquet_modules("reading Parquet")[1]
         table = pq.read_table(output)
         column = "path" if "path" in table.column_names else "text"
         items = table.column(column).to_pylist()
@@ -161,8 +161,11 @@ def read_embeddings(output: str | os.PathLike[str]) -> tuple[list[str], np.ndarr
     return items, np.load(npy)
 
 
-def _meta(encoder: Encoder, kind: str, tower: str, options: EmbedOptions) -> dict[str, Any]:
+def run_meta(encoder: Encoder, kind: str, *, normalize: bool, draft: bool) -> dict[str, Any]:
+    """What a run over ``kind`` ("image" or "text") records with its rows, and a resumed run must match:
+    the model, the variant's file and checksum, and the settings that change the vectors."""
     manifest = encoder.manifest
+    tower = VISUAL if kind == "image" else TEXTUAL
     variant = manifest.towers[tower][encoder.precisions[tower]]
     entry = manifest.files.get(variant.path)
     return {
@@ -172,8 +175,8 @@ def _meta(encoder: Encoder, kind: str, tower: str, options: EmbedOptions) -> dic
         "model": variant.path,
         "sha256": entry.sha256 if entry else None,
         "embedding_dim": manifest.embedding_dim,
-        "normalize": options.normalize,
-        "draft": options.draft if kind == "image" else False,
+        "normalize": normalize,
+        "draft": draft if kind == "image" else False,
     }
 
 
@@ -192,7 +195,7 @@ def _run(
     outputs = output_files(output, kind)
     parquet = outputs[0].suffix.lower() == PARQUET
     if parquet:
-        _pyarrow("writing Parquet")  # fail before any work, not after it
+        parquet_modules("writing Parquet")  # fail before any work, not after it
     checkpoint = _Checkpoint(checkpoint_folder(outputs[0]), meta, encoder.embedding_dim, options.checkpoint_seconds)
     if not checkpoint.folder.exists() and not options.overwrite:
         existing = [str(p) for p in outputs if p.exists()]
@@ -386,7 +389,7 @@ def _write_npy(outputs: tuple[Path, ...], checkpoint: _Checkpoint, kind: str) ->
 
 
 def _write_parquet(path: Path, checkpoint: _Checkpoint, kind: str, meta: dict[str, Any]) -> None:
-    pa, pq = _pyarrow("writing Parquet")
+    pa, pq = parquet_modules("writing Parquet")
     column = "path" if kind == "image" else "text"
     schema = pa.schema(
         [(column, pa.string()), ("embedding", pa.list_(pa.float32(), checkpoint.dim))],
@@ -395,21 +398,23 @@ def _write_parquet(path: Path, checkpoint: _Checkpoint, kind: str, meta: dict[st
     with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for items, rows in checkpoint.read():
-                names = [_printable(item) for item in items]
+                names = [parquet_string(item) for item in items]
                 flat = pa.array(np.ascontiguousarray(rows, dtype=np.float32).reshape(-1))
                 embeddings = pa.FixedSizeListArray.from_arrays(flat, checkpoint.dim)
                 writer.write_table(pa.Table.from_arrays([pa.array(names, pa.string()), embeddings], schema=schema))
 
 
-def _printable(item: str) -> str:
+def parquet_string(item: str) -> str:
     """Parquet strings are UTF-8: undecodable bytes of a file name become U+FFFD."""
     return item.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
 
 
-def _pyarrow(feature: str) -> tuple[Any, Any]:
+def parquet_modules(feature: str, extra: str = "parquet") -> tuple[Any, Any]:
+    """``pyarrow`` and ``pyarrow.parquet``, or :class:`MissingDependencyError` naming ``feature`` and the extra
+    that brings them."""
     try:
         import pyarrow
         import pyarrow.parquet
     except ImportError as exc:
-        raise MissingDependencyError(feature, "parquet", "pyarrow") from exc
+        raise MissingDependencyError(feature, extra, "pyarrow") from exc
     return pyarrow, pyarrow.parquet

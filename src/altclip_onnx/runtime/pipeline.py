@@ -31,7 +31,7 @@ from typing import IO, Any, TypeVar, Union
 import numpy as np
 
 from ..errors import InputError, one_line
-from .encoder import Encoder, check_batch_size, check_labels
+from .encoder import IMAGE_BATCH_SIZE, TEXT_BATCH_SIZE, Encoder, check_batch_size, check_labels
 from .images import load_image, preprocess
 from .progress import Progress
 
@@ -43,7 +43,7 @@ CANDIDATE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
     ".heic", ".heif", ".avif",
 )  # fmt: skip
-TEXT_BATCH_SIZE = 32
+DECODE_WORKERS = 2  # threads that read and decode images while the model runs, unless told otherwise
 
 _T = TypeVar("_T")
 LineSource = Union[str, os.PathLike, IO[str], IO[bytes]]
@@ -222,8 +222,8 @@ def embed_images(
     encoder: Encoder,
     files: Iterable[str | os.PathLike[str]],
     *,
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = IMAGE_BATCH_SIZE,
+    workers: int = DECODE_WORKERS,
     draft: bool = False,
     normalize: bool = True,
     progress: bool | Progress = True,
@@ -332,8 +332,8 @@ def classify_images(
     files: Iterable[str | os.PathLike[str]],
     classifier: np.ndarray,
     *,
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = IMAGE_BATCH_SIZE,
+    workers: int = DECODE_WORKERS,
     draft: bool = False,
     progress: bool | Progress = True,
 ) -> Iterator[Batch]:

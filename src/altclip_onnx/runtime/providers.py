@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BundleError, InputError
-from ..precisions import CPU
+from ..precisions import AUTO, CPU
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -42,9 +42,6 @@ SHORT_NAMES: dict[str, str] = {
     "cpu": CPU,
 }
 
-_AUTO = "auto"
-
-
 # --------------------------------------------------------------------------- provider choice
 
 
@@ -64,7 +61,7 @@ def resolve_provider_name(name: str) -> str:
             return full
     if cleaned.endswith("ExecutionProvider") and len(cleaned) > len("ExecutionProvider"):
         return cleaned
-    known = ", ".join((_AUTO, *SHORT_NAMES))
+    known = ", ".join((AUTO, *SHORT_NAMES))
     raise InputError(
         f"unknown provider {name!r}; use one of: {known} "
         "(or a full onnxruntime provider name such as CUDAExecutionProvider)"
@@ -77,7 +74,7 @@ def choose_providers(available: Sequence[str], requested: str | None = None) -> 
     ``requested`` None or ``"auto"``: the available providers in ``PREFERENCE`` order.
     Otherwise the requested provider (short or full name) then CPU; it must be available.
     """
-    if requested is None or requested.strip().lower() == _AUTO:
+    if requested is None or requested.strip().lower() == AUTO:
         chosen = [p for p in PREFERENCE if p in available and p != CPU]
         return [*chosen, CPU]
     provider = resolve_provider_name(requested)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TextSpec
+from ..bundle import ATTENTION_MASK, INPUT_IDS, TextSpec
 from ..errors import BundleError, InputError
 
 PAD_TOKEN = "<pad>"
@@ -48,8 +48,8 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """int64 ``input_ids`` and ``attention_mask`` [N, longest], as the text tower takes them."""
     encodings = tokenizer.encode_batch(list(texts))
     return {
-        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        INPUT_IDS: np.array([e.ids for e in encodings], dtype=np.int64),
+        ATTENTION_MASK: np.array([e.attention_mask for e in encodings], dtype=np.int64),
     }
 
 

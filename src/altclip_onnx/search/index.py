@@ -48,9 +48,10 @@ from ..bundle import VISUAL, ModelIdentity, check_same_model, read_manifest
 from ..errors import BundleError, InputError, Interrupted, StoreError
 from ..files import hash_file
 from ..hub import locate_bundle
+from ..precisions import AUTO
 from ..runtime.encoder import Encoder, l2_normalize
 from ..runtime.images import ImageInput
-from ..runtime.pipeline import Failure, embed_images, iter_image_files
+from ..runtime.pipeline import DECODE_WORKERS, IMAGE_BATCH_SIZE, Failure, embed_images, iter_image_files
 from ..runtime.progress import Progress
 from .store import Entry, VectorStore
 
@@ -192,7 +193,7 @@ class Index:
             folder = locate_bundle(bundle or model.bundle)  # hf://OWNER/REPO: the Hub snapshot
             if precision is None:
                 manifest = read_manifest(folder)
-                precision = model.precision if model.precision in manifest.precisions(VISUAL) else "auto"
+                precision = model.precision if model.precision in manifest.precisions(VISUAL) else AUTO
             return Encoder(folder, provider=provider, precision=precision, threads=threads, **settings)
         except BundleError as exc:
             if bundle is not None:
@@ -221,8 +222,8 @@ class Index:
         folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         *,
         prune: bool = False,
-        batch_size: int = 8,
-        workers: int = 2,
+        batch_size: int = IMAGE_BATCH_SIZE,
+        workers: int = DECODE_WORKERS,
         progress: bool = True,
     ) -> UpdateReport:
         """Bring the index in line with the image files under ``folders`` (see the module docstring).

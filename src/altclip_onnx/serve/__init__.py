@@ -14,14 +14,16 @@ Modules: service (the model and index loaded, checked at start-up), engine (batc
 classifiers), batcher (dynamic batching, model-agnostic), arrivals (which requests a model call may wait
 for), media (images from requests, checked before
 decoding), search (the index in its own thread, thumbnails), app (endpoints), middleware (metrics, the API
-key, the body limit), metrics, page (the page and its files), errors (OpenAI's error shape).
+key, the body limit), metrics, page (the page and its files), errors (OpenAI's error shape), server (uvicorn on
+a listening socket). The options and limits are :mod:`altclip_onnx.serve_options`, outside this package so
+that they import without the extra.
 """
 
 from __future__ import annotations
 
+from ..serve_options import ServeOptions
 from .app import create_app
 from .batcher import Batcher
-from .options import ServeOptions
 from .service import Service
 
 __all__ = ["Batcher", "ServeOptions", "Service", "create_app"]

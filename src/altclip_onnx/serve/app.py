@@ -38,7 +38,7 @@ from .batcher import Closed
 from .errors import ApiError, bad_request, not_found, unsupported_media
 from .media import check_media_type, image_bytes
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from .options import MAX_IMAGES, MAX_K, MAX_LABELS, MAX_TEMPLATES, MAX_TEXT_CHARS, MAX_TEXTS
+from ..serve_options import MAX_IMAGES, MAX_K, MAX_LABELS, MAX_TEMPLATES, MAX_TEXT_CHARS, MAX_TEXTS
 from .page import Page
 from .service import Service
 

@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..bundle import TEXTUAL, VISUAL
-from ..errors import InputError
-from ..runtime.encoder import DEFAULT_TEMPLATES, Encoder, check_labels, fill_templates, l2_normalize
+from ..runtime.encoder import Encoder, Prompts
 from .arrivals import Arrivals, current
 from .batcher import Batcher, BatchObserver
 from .media import image_pixels
-from .options import ServeOptions
+from ..serve_options import ServeOptions
 
 
 class Engine:
@@ -39,7 +38,7 @@ class Engine:
                               arriving=lambda: self.arrivals.waiting_for(VISUAL))
         self.arrivals.listen(self.texts.wake)
         self.arrivals.listen(self.images.wake)
-        self._classifiers: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = OrderedDict()
+        self._classifiers: OrderedDict[Prompts, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -91,21 +90,16 @@ class Engine:
         return np.concatenate(await self.images.submit_all(pixels))
 
     async def classifier(self, labels: Sequence[str], templates: Sequence[str] | None) -> np.ndarray:
-        """[labels, D]: :meth:`Encoder.text_classifier`'s recipe, its texts batched with other requests' and
-        the result kept for the next request with the same labels and templates."""
-        labels = check_labels(labels)
-        templates = list(DEFAULT_TEMPLATES if templates is None else templates)
-        if not templates:
-            raise InputError("no templates given; leave them out for the default ones")
-        texts = fill_templates(labels, templates)
-        key = (tuple(labels), tuple(templates))
+        """[labels, D]: :meth:`Encoder.text_classifier`'s recipe (:class:`Prompts`), its texts batched with
+        other requests' and the result kept for the next request with the same labels and templates."""
+        key = Prompts.of(labels, templates)
         with self._lock:
             if key in self._classifiers:
                 self._classifiers.move_to_end(key)
                 _arrived(TEXTUAL)  # nothing for the text tower after all
                 return self._classifiers[key]
-        vectors, _ = await self.embed_texts(texts)
-        classifier = l2_normalize(vectors.reshape(len(labels), len(templates), -1).mean(axis=1))
+        vectors, _ = await self.embed_texts(key.texts)
+        classifier = key.classifier(vectors)
         with self._lock:
             self._classifiers[key] = classifier
             while len(self._classifiers) > self.options.classifier_cache:

@@ -11,10 +11,11 @@ import logging
 from typing import Any
 
 from ..bundle import TEXTUAL, VISUAL
+from ..precisions import AUTO
 from ..runtime.encoder import Encoder
 from .engine import Engine
 from .metrics import Metrics
-from .options import THUMBNAIL_SIZE, ServeOptions
+from ..serve_options import THUMBNAIL_SIZE, ServeOptions
 from .search import PhotoSearch, Thumbnails
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Service:
             if search is not None:
                 encoder = search.encoder(bundle, provider=provider, precision=precision, threads=threads, **settings)
             else:
-                encoder = Encoder(bundle, provider=provider, precision=precision or "auto", threads=threads, **settings)
+                encoder = Encoder(bundle, provider=provider, precision=precision or AUTO, threads=threads, **settings)
             service = cls(encoder, options, search=search)
         except BaseException:
             if search is not None:

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import TEXTUAL, TOWER_OUTPUTS, TOWERS, VISUAL
+from ..bundle import ATTENTION_MASK, TEXTUAL, TOWER_OUTPUTS, TOWERS, VISUAL, tower_output
 from ..precisions import PRECISIONS, Gate
 from .reference import Case, StoredReference
 
 Outputs = list[dict[str, np.ndarray]]
 
+IMAGE, TEXT = tower_output(VISUAL, normalized=True), tower_output(TEXTUAL, normalized=True)  # what zero-shot compares
 ZERO_SHOT_MARGIN = 0.05  # the reference's top label must lead the runner-up by this much probability to count
 
 
@@ -41,8 +42,8 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def single_row(inputs: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
     """One row of a batched input as a batch of one; a text without the padding the batch gave it."""
     one = {name: value[row : row + 1] for name, value in inputs.items()}
-    if "attention_mask" in one:
-        length = int(one["attention_mask"].sum())  # right-padded: the real tokens come first
+    if ATTENTION_MASK in one:
+        length = int(one[ATTENTION_MASK].sum())  # right-padded: the real tokens come first
         one = {name: value[:, :length] for name, value in one.items()}
     return one
 
@@ -209,8 +210,8 @@ def zero_shot_agreement(cases: list[Case], reference: Outputs, actual: Outputs, 
                         gate: Gate) -> dict[str, Any]:
     """Top-1 of each image over the sentences as labels, the variant's against the reference's (see the module)."""
     def probabilities(outputs: Outputs) -> np.ndarray:
-        images = np.concatenate([o["image_embeds_norm"] for o, c in zip(outputs, cases) if c.tower == VISUAL and c.zero_shot])
-        texts = np.concatenate([o["text_embeds_norm"] for o, c in zip(outputs, cases) if c.tower == TEXTUAL and c.zero_shot])
+        images = np.concatenate([o[IMAGE] for o, c in zip(outputs, cases) if c.tower == VISUAL and c.zero_shot])
+        texts = np.concatenate([o[TEXT] for o, c in zip(outputs, cases) if c.tower == TEXTUAL and c.zero_shot])
         logits = logit_scale * images.astype(np.float64) @ texts.T.astype(np.float64)
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
@@ -241,12 +242,12 @@ def input_sensitivity(reference: StoredReference) -> dict[str, float]:
     report shows this number so such a model is noticed. Unrelated: the distinct images (the shipped
     photos and the synthetic patterns, not their transformed copies) and the sentences.
     """
-    images = {row: out["image_embeds_norm"][j] for case, out in zip(reference.cases, reference.outputs)
+    images = {row: out[IMAGE][j] for case, out in zip(reference.cases, reference.outputs)
               if case.tower == VISUAL for j, row in enumerate(case.rows)}
     pools = {
         VISUAL: [images[row] for row in reference.distinct_images if row in images],
         TEXTUAL: [v for case, out in zip(reference.cases, reference.outputs)
-                  if case.tower == TEXTUAL and case.zero_shot for v in out["text_embeds_norm"]],
+                  if case.tower == TEXTUAL and case.zero_shot for v in out[TEXT]],
     }
     result = {}
     for tower, vectors in pools.items():
