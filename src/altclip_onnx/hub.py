@@ -104,8 +104,8 @@ def _hub_failure(ref: HubReference, exc: Exception, what: str) -> BundleError:
 def _unreachable(hub: Any, ref: HubReference) -> Exception | None:
     """Why the Hub gave no answer to one request for the manifest (refused, no route, no DNS, timed out), or None.
 
-    Asked once, without retries: huggingface_hub retries a file it does not have cached with backoff (about
-    24 s) even when the connection is refused. The Hub answering with an error is not "unreachable":
+    Asked once, without retries: huggingface_hub retries a file it does not have cached with backoff, for
+    long, even when the connection is refused. The Hub answering with an error is not "unreachable":
     hf_hub_download then says what it answered. Under HF_HUB_OFFLINE huggingface_hub asks nothing itself.
     """
     from huggingface_hub import constants, errors

@@ -30,7 +30,7 @@ def convert_fp16(source: Path, destination: Path, recipe: Fp16Recipe = Fp16Recip
 
     The converter needs every value's type. They are inferred (onnxruntime's symbolic shape inference,
     which understands the fused com.microsoft ops) on the graph without its weights, then attached to
-    the full graph: inferring on the full text tower held several copies of 2.2 GB at once.
+    the full graph: inferring on the full text tower held several copies of its weights at once.
     """
     import onnx
     from onnxruntime.transformers import float16

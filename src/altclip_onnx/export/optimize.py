@@ -31,9 +31,9 @@ class FusionRecipe:
     attention: bool = True
     gelu: bool = True
     layer_norm: bool = True
-    # SkipLayerNormalization's CPU kernel measured 7x slower than LayerNormalization + Add on this
-    # machine's image tower (31 ms vs 4.5 ms for 47 nodes, onnxruntime 1.32). The attention fusion
-    # only matches after it, so it is fused, then split back into Add + LayerNormalization.
+    # SkipLayerNormalization's CPU kernel is slower than LayerNormalization + Add (benchmarks/README.md),
+    # but the attention fusion only matches after it: so it is fused, then split back into Add +
+    # LayerNormalization.
     split_skip_layer_norm: bool = True
 
 
@@ -57,7 +57,7 @@ def optimize_graph(source: Path, destination: Path, tower: str, *, num_heads: in
     source, destination = source.resolve(), destination.resolve()
     # The graph is loaded without its weights: fusions read the few they need lazily from the external
     # data file (resolved against the working directory), and the optimizer's symbolic shape inference
-    # copies a weightless graph instead of 2.2 GB (peak 14.9 GB -> about 3 GB on the text tower).
+    # copies a weightless graph instead of every weight, several times over.
     proto = onnx.load(str(source), load_external_data=False)
     with warnings.catch_warnings(), working_directory(source.parent):
         warnings.simplefilter("ignore")

@@ -1,15 +1,14 @@
 """How each precision variant is made: from which graph, by which step. One declaration per variant.
 
 The variant's name, file name and gate are the contract (:mod:`altclip_onnx.precisions`); this module
-is the recipe. Recipes were chosen by measurement (``benchmarks/compare.py``, full-size m18, 2 cores,
-onnxruntime 1.32; README, Performance):
+is the recipe. Recipes were chosen by measurement (``benchmarks/compare.py``; the figures are in
+benchmarks/README.md):
 
 - fp32: the raw TorchScript export, fused (attention, LayerNorm, GELU; SkipLayerNormalization split back).
 - int8: per-row dynamic int8 (:mod:`.quantize`: vectors that do not depend on the batch), from graphs with
-  attention left unfused, so that its Q, K and V projections are plain MatMuls to quantize: the image
-  tower from the plain graph, the text tower from the graph with LayerNorm and GELU fused. With
-  onnxruntime's per-tensor dynamic int8 these were the fastest starts too (busy machine: 186 ms at batch 1
-  for the image tower against 246 ms fully fused with QAttention; text fastest at batch 1, 8 and 32).
+  attention left unfused, so that its Q, K and V projections are plain MatMuls to quantize (onnxruntime's
+  quantized attention kernel is slower than what it replaces): the image tower from the plain graph, the
+  text tower from the graph with LayerNorm and GELU fused.
 - fp16: converted from the bundle's fp32 graph.
 """
 
