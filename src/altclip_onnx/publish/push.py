@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bundle import MANIFEST, VERIFY_REPORT, require_integrity
+from ..bundle import MANIFEST, REFERENCE_FILES, TOWERS, VERIFY_REPORT, require_integrity
 from ..errors import InputError, OutputError, one_line
 from ..hub import is_hub_reference, is_repo_id, require_hub
 from .card import model_card
 
 MODEL_CARD = "README.md"
+#: The folders a bundle writes into: what a new push replaces as a whole.
+BUNDLE_FOLDERS = (*TOWERS, *{name.split("/")[0] for name in REFERENCE_FILES})
 
 
 @dataclass
@@ -60,8 +62,8 @@ def push_bundle(plan: PushPlan, *, commit_message: str | None = None, token: str
                 api: Any = None, progress: Callable[[str], None] = lambda step: None) -> str:
     """Upload ``plan`` in one commit (creating the repository if needed); returns the commit URL.
 
-    Files of an earlier push that this bundle does not have (under ``visual/`` and ``textual/``, and an old
-    ``verify.json``) are deleted in the same commit, so the repository holds exactly one bundle; other files
+    Files of an earlier push that this bundle does not have (under ``visual/``, ``textual/`` and
+    ``reference/``, and an old ``verify.json``) are deleted in the same commit, so the repository holds exactly one bundle; other files
     (``.gitattributes``, anything added by hand) are left alone.
     """
     hub = require_hub("altclip-onnx push")
@@ -73,7 +75,7 @@ def push_bundle(plan: PushPlan, *, commit_message: str | None = None, token: str
         uploaded = {name for name, _ in plan.files} | {MODEL_CARD}
         existing = api.list_repo_files(plan.repo_id, revision=plan.branch, repo_type="model")
         stale = [name for name in existing if name not in uploaded
-                 and (name.split("/")[0] in ("visual", "textual") or name == VERIFY_REPORT)]
+                 and (name.split("/")[0] in BUNDLE_FOLDERS or name == VERIFY_REPORT)]
         operations += [hub.CommitOperationDelete(path_in_repo=name) for name in stale]
         progress(f"uploading {len(plan.files) + 1} files ({plan.total_bytes / 1e6:.1f} MB) to {plan.repo_id}"
                  + (f", deleting {len(stale)} stale" if stale else ""))
