@@ -4,11 +4,10 @@ The bundle's int8 is **per-row dynamic int8** (:func:`quantize_int8`): every Mat
 becomes an integer MatMul whose activations are quantized one row (one token, one image patch) at a time,
 with that row's own scale ``max|x| / 127``. onnxruntime's dynamic quantization (:func:`quantize_dynamic_int8`,
 kept as the baseline that peers ship) takes one scale for the whole input tensor, so a text's vector moved
-with whatever else was in the batch (cosine 0.99877 between a text alone and inside a batch on the full-size
-model): an index or a service that batches requests would then give different vectors for the same input.
-Per row, integer products are exact and every scale depends on its own row only, so a vector is the same
-whatever the batch, up to float rounding (cosine 1.0000000 on the full-size model; checked by verify's
-batch-invariance gate).
+with whatever else was in the batch: an index or a service that batches requests would then give different
+vectors for the same input. Per row, integer products are exact and every scale depends on its own row only,
+so a vector is the same whatever the batch, up to float rounding (verify's batch-invariance gate checks it;
+benchmarks/README.md has both figures).
 
 Weights of the integer MatMuls are int8 per output column (symmetric), a finer grid than onnxruntime's one
 scale per tensor, and **pair-safe**: how CPUs without VNNI multiply sets their range. onnxruntime's u8s8 GEMM
@@ -178,13 +177,13 @@ class _PerRowRewriter:
         """y = x @ W as (int8 x_row) @ (int8 W) * scale_W * scale_row, scale_row = max|x_row| / 127.
 
         Each row is divided by its scale, then ``QuantizeLinear`` with scale 1 rounds, shifts and casts in
-        one vectorized pass (as separate Round + Add + Cast ops they cost 35 ms of the image tower's 195 ms at
-        batch 1). A per-row scale given to QuantizeLinear itself (axis 0 of a [rows, K] view) would save the
-        Div, but OpenVINO cannot load it. The int8 values are stored as uint8 around zero point 128 (the
-        same integers, shifted): onnxruntime's u8s8 kernels use VNNI/AMX, its s8s8 path measured 3x slower
-        than float32 here. MatMulIntegerToFloat (com.microsoft) applies the weight scales in the GEMM's output
-        loop. Slower than onnxruntime's per-tensor DynamicQuantizeMatMul (one fused op) by the row reductions,
-        the scaling passes and the bias Add it cannot fold (README, Performance).
+        one vectorized pass (separate Round + Add + Cast ops cost a good share of the tower's time). A per-row
+        scale given to QuantizeLinear itself (axis 0 of a [rows, K] view) would save the Div, but OpenVINO
+        cannot load it. The int8 values are stored as uint8 around zero point 128 (the same integers, shifted):
+        onnxruntime's u8s8 kernels use VNNI/AMX, its s8s8 path is slower than float32. MatMulIntegerToFloat
+        (com.microsoft) applies the weight scales in the GEMM's output loop. Slower than onnxruntime's
+        per-tensor DynamicQuantizeMatMul (one fused op) by the row reductions, the scaling passes and the bias
+        Add it cannot fold (benchmarks/README.md has the figures).
         """
         self.matmuls += 1
         x, out, prefix = node.input[0], node.output[0], node.name or f"matmul_{self.matmuls}"
