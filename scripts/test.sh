@@ -30,7 +30,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-EXTRAS=export,convert,parquet,search,bench,serve,hub,openvino,distributed,postgres,test,test-services VENV=.venv source scripts/venv.sh
+EXTRAS=export,convert,parquet,search,bench,serve,hub,openvino,distributed,postgres,docs,test,test-services VENV=.venv source scripts/venv.sh
 EXTRAS=parquet,search,hub,test VENV=.venv-runtime source scripts/venv.sh
 # onnxruntime-openvino installs the same `onnxruntime` module under another distribution name, so it cannot be
 # an extra (pip would install both, one overwriting the other's files) and every `pip install -e .` puts
