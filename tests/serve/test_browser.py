@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, quote, urlparse
 
 import httpx
 import pytest
@@ -45,7 +46,7 @@ def browser() -> Iterator[object]:
         context.close()
 
 
-def open_page(browser, server: Server):  # type: ignore[no-untyped-def]
+def open_page(browser, server: Server, path: str = "/"):  # type: ignore[no-untyped-def]
     page = browser.new_page()
     page.set_viewport_size(WIDE)
     requested: list[str] = []
@@ -55,8 +56,13 @@ def open_page(browser, server: Server):  # type: ignore[no-untyped-def]
     # Subscribe to file choosers now: Playwright turns their interception on asynchronously, and a subscription
     # made only by expect_file_chooser() can come after the key press that opens the chooser.
     page.on("filechooser", lambda chooser: None)
-    page.goto(server.url + "/")
+    page.goto(server.url + path)
     return page, requested, errors
+
+
+def shared_query(page) -> list[str]:  # type: ignore[no-untyped-def]
+    """The q= of the page's address: what a copied link searches for."""
+    return parse_qs(urlparse(page.url).query).get("q", [])
 
 
 def tab_to(page, element_id: str, limit: int = 15) -> None:  # type: ignore[no-untyped-def]
@@ -111,6 +117,7 @@ def test_search_page(browser, search_server: Server, library: list[Path], screen
     page.wait_for_timeout(300)
     assert hits.first.locator(".path").evaluate("el => getComputedStyle(el).opacity") == "1"
     assert "海边的日落" in page.locator("#search-status").inner_text()
+    assert shared_query(page) == ["海边的日落"]  # the address bar now holds a link to this search
     page.screenshot(path=str(screenshot_dir / "serve-search.png"))
     page.set_viewport_size(PHONE)
     assert fits(page)
@@ -129,6 +136,8 @@ def test_search_page(browser, search_server: Server, library: list[Path], screen
     first = page.locator("#results .hit").first
     assert first.get_attribute("title") == str(chosen)  # the photo itself comes first
     assert float(first.locator(".score").inner_text()) >= 0.999
+    # the text of the earlier search is gone, from the box and from the address: the results are not for it
+    assert page.locator("#q").input_value() == "" and shared_query(page) == []
 
     # A result opened with the keyboard: photos like it, itself first, and the focus stays in the results.
     tab_to(page, "clear-image")
@@ -148,7 +157,25 @@ def test_search_page(browser, search_server: Server, library: list[Path], screen
     page.wait_for_selector(f"#search-status:has-text('like {dropped.name}')")
     assert page.locator("#results .hit").first.get_attribute("title") == str(dropped)
     assert page.locator("#query-name").inner_text() == f"Photos like {dropped.name}"
+    assert page.locator("#q").input_value() == "" and shared_query(page) == []
     assert errors == []
+    only_from(search_server, requested)
+    page.close()
+
+
+def test_a_search_shared_as_a_link_runs_on_load(browser, search_server: Server, library: list[Path]) -> None:  # type: ignore[no-untyped-def]
+    """/?q=TEXT opens with TEXT in the box and its results (after the key, in a new tab)."""
+    page, requested, errors = open_page(browser, search_server, "/?q=" + quote("一只猫"))
+    page.wait_for_selector("#key:focus")  # the search ran at once and needs the key
+    page.keyboard.type(API_KEY)
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"#results li:nth-child({len(library)})")
+    assert page.locator("#q").input_value() == "一只猫"
+    assert "一只猫" in page.locator("#search-status").inner_text()
+    api = httpx.get(f"{search_server.url}/v1/search", params={"q": "一只猫", "k": 24}, headers=search_server.headers)
+    paths = [page.locator("#results .hit").nth(i).get_attribute("title") for i in range(len(library))]
+    assert paths == [hit["path"] for hit in api.json()["data"]]
+    assert shared_query(page) == ["一只猫"] and errors == []
     only_from(search_server, requested)
     page.close()
 

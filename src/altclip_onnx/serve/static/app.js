@@ -105,6 +105,15 @@
       $("query-name").textContent = file ? `Photos like ${file.name}` : "";
     }
 
+    // The text searched for, in the box and in the address (/?q=...), so a search can be shared as a link;
+    // "" for a search by image, which a link cannot carry.
+    function setQueryText(text) {
+      $("q").value = text;
+      const url = new URL(window.location.href);
+      if (text) url.searchParams.set("q", text); else url.searchParams.delete("q");
+      window.history.replaceState(null, "", url);
+    }
+
     async function thumbnail(img, url) {
       try {
         const blob = await (await api(url)).blob();
@@ -156,6 +165,7 @@
       run(status, async () => {
         const response = await api(`/v1/search?q=${encodeURIComponent(text)}&k=${RESULTS}`);
         setQueryImage(null);
+        setQueryText(text);
         show((await response.json()).data, `for “${text}”`);
       }, () => byText(text));
     }
@@ -167,6 +177,7 @@
         form.append("k", String(RESULTS));
         const response = await api("/v1/search", { method: "POST", body: form });
         setQueryImage(file);
+        setQueryText("");
         show((await response.json()).data, `like ${file.name}`);
       }, () => byImage(file));
     }
@@ -177,6 +188,7 @@
           method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ id, k: RESULTS }),
         });
         setQueryImage(null);
+        setQueryText("");
         show((await response.json()).data, `like ${basename(path)}`);
         results.querySelector("button")?.focus();
       }, () => byId(id, path));
@@ -200,6 +212,11 @@
     });
     onDrop(byImage);
     $("q").focus();
+    const shared = (new URLSearchParams(window.location.search).get("q") || "").trim();  // a shared link
+    if (shared) {
+      $("q").value = shared;
+      byText(shared);
+    }
   }
 
   // --- zero-shot classification ------------------------------------------------------------------
