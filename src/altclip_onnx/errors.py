@@ -12,7 +12,9 @@ options); 3 verification failed; 4 done, but some inputs failed and were skipped
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import sys
 from importlib import metadata
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
@@ -34,8 +36,21 @@ def install_command(extra: str) -> str:
 
     pip records where a package came from (``direct_url.json``, PEP 610): from a folder (a checkout, editable
     or not) the command names that folder, from a Git URL or an archive it names that URL; only a package from
-    an index gets ``pip install 'altclip-onnx[extra]'``.
+    an index gets ``pip install 'altclip-onnx[extra]'``. Run from a virtual environment that is not activated
+    (``.venv/bin/altclip-onnx``), ``pip`` would be another Python's: the command names this one's.
     """
+    return f"{_pip()} install {_requirement(extra)}"
+
+
+def _pip() -> str:
+    """"pip", or this Python's pip by its path when it runs in a virtual environment other than the activated one."""
+    active = os.environ.get("VIRTUAL_ENV")
+    if sys.prefix == sys.base_prefix or (active and os.path.realpath(active) == os.path.realpath(sys.prefix)):
+        return "pip"
+    return f"{shlex.quote(sys.executable)} -m pip"
+
+
+def _requirement(extra: str) -> str:
     origin = None
     try:
         for dist in metadata.distributions(name="altclip-onnx"):
@@ -47,16 +62,16 @@ def install_command(extra: str) -> str:
         origin = None
     url = origin.get("url") if isinstance(origin, dict) else None
     if not isinstance(url, str) or not url:
-        return f"pip install 'altclip-onnx[{extra}]'"
+        return f"'altclip-onnx[{extra}]'"
     if "dir_info" in origin and url.startswith("file:"):
         folder = url2pathname(unquote(urlparse(url).path))
         editable = "-e " if (origin.get("dir_info") or {}).get("editable") else ""
-        return f"pip install {editable}{shlex.quote(f'{folder}[{extra}]')}"
+        return f"{editable}{shlex.quote(f'{folder}[{extra}]')}"
     vcs = origin.get("vcs_info")
     if isinstance(vcs, dict) and vcs.get("vcs"):
         revision = vcs.get("commit_id") or vcs.get("requested_revision")
         url = f"{vcs['vcs']}+{url}" + (f"@{revision}" if revision else "")
-    return f"pip install {shlex.quote(f'altclip-onnx[{extra}] @ {url}')}"
+    return shlex.quote(f"altclip-onnx[{extra}] @ {url}")
 
 
 class AltclipOnnxError(Exception):

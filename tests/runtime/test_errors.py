@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def installed_as(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_url: di
         (info / "direct_url.json").write_text(json.dumps(direct_url))
     monkeypatch.setattr(errors.metadata, "distributions",
                         lambda **kwargs: [metadata.PathDistribution(info)])
+    monkeypatch.setenv("VIRTUAL_ENV", sys.prefix)  # "pip" is this Python's (see the tests of _pip below)
 
 
 def test_an_editable_checkout_gets_pip_install_e_of_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,3 +58,19 @@ def test_this_checkout_names_itself_when_installed_editable() -> None:
     if not (origin.get("dir_info", {}).get("editable") and origin.get("url") == CHECKOUT.as_uri()):
         pytest.skip(f"altclip-onnx is not installed with pip install -e from {CHECKOUT}")
     assert str(MissingDependencyError("search", "search", "usearch")).endswith(f"pip install -e '{CHECKOUT}[search]'")
+
+
+def test_a_virtual_environment_that_is_not_activated_gets_its_own_python(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """.venv/bin/altclip-onnx run from a shell without the venv activated: a bare pip is another Python's."""
+    installed_as(tmp_path, monkeypatch, None)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
+    monkeypatch.delenv("VIRTUAL_ENV")
+    assert install_command("search") == f"{tmp_path}/venv/bin/python -m pip install 'altclip-onnx[search]'"
+    monkeypatch.setenv("VIRTUAL_ENV", str(tmp_path / "venv"))  # activated: its pip comes first on PATH
+    assert install_command("search") == "pip install 'altclip-onnx[search]'"
+    monkeypatch.delenv("VIRTUAL_ENV")
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix)  # not a virtual environment at all
+    assert install_command("search") == "pip install 'altclip-onnx[search]'"
