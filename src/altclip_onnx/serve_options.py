@@ -29,22 +29,27 @@ class ServeOptions:
     whole; ``max_pixels``: images above this many pixels are refused (413) from their header;
     ``workers``: threads that decode images; ``api_key``: when set, every /v1/ request needs
     ``Authorization: Bearer <key>``; ``cors_origins``: origins allowed to call from a browser (none: CORS off);
-    ``classifier_cache``: label sets whose text classifier is kept; ``thumbnail_cache``: thumbnails kept."""
+    ``classifier_cache``: label sets whose text classifier is kept; ``thumbnail_cache``: thumbnails kept;
+    ``shutdown_grace``: seconds requests in flight may take to finish after SIGTERM (then each gets a 503)."""
 
     max_batch: int = 32
     max_wait_ms: float = 5.0
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
+    max_request_pixels: int = 200_000_000  # 16 photos of 12 MP; about 3 s of decoding on 2 cores
     workers: int = DECODE_WORKERS
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     classifier_cache: int = 64
     thumbnail_cache: int = 1024
+    shutdown_grace: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_body_bytes", "max_pixels", "workers"):
+        for name in ("max_batch", "max_body_bytes", "max_pixels", "max_request_pixels", "workers"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.shutdown_grace < 0:
+            raise InputError(f"shutdown_grace must be 0 or more, not {self.shutdown_grace}")
         if self.max_wait_ms < 0:
             raise InputError(f"max_wait_ms must be 0 or more, not {self.max_wait_ms}")
         if self.api_key is not None and not self.api_key:

@@ -80,7 +80,8 @@ def test_a_busy_port_and_an_empty_key_are_one_line_errors(tiny_bundle: Path) -> 
     assert result.exit_code == 1 and "cannot listen on 127.0.0.1:" in one_line_error(result)
     result = run(tiny_bundle, env={"ALTCLIP_API_KEY": "  "})
     assert result.exit_code == 1 and "ALTCLIP_API_KEY is set but empty" in one_line_error(result)
-    for args in (("--max-batch", "0"), ("--max-body-mb", "0"), ("--max-pixels", "0"), ("--port", "70000")):
+    for args in (("--max-batch", "0"), ("--max-body-mb", "0"), ("--max-pixels", "0"), ("--port", "70000"),
+                 ("--shutdown-grace", "-1")):
         assert run(tiny_bundle, *args).exit_code == 2, args
 
 

@@ -42,17 +42,21 @@ MB = 1024 * 1024
               help="Larger request bodies are refused (413) before being read.")
 @click.option("--max-pixels", type=int, default=ServeOptions.max_pixels, show_default=True,
               help="Larger images are refused (413) from their header, without decoding them.")
+@click.option("--max-request-pixels", type=int, default=ServeOptions.max_request_pixels, show_default=True,
+              help="Requests whose images have more pixels together are refused (413) from their headers.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Let pages from ORIGIN (e.g. https://photos.example.org, or *) call the API (repeatable) "
                    "[default: CORS off].")
 @click.option("--workers", type=int, default=ServeOptions.workers, show_default=True,
               help="Threads that decode images while the model runs.")
+@click.option("--shutdown-grace", type=float, default=ServeOptions.shutdown_grace, show_default=True,
+              help="Seconds requests in flight may take to finish after SIGTERM; then each gets a 503.")
 @provider_option
 @threads_option
 @friendly_errors
 def serve(bundle: str, db: str | None, host: str, port: int, precision: str | None, max_batch: int,
-          max_wait_ms: float, max_body_mb: float, max_pixels: int, cors_origins: tuple[str, ...], workers: int,
-          provider: str | None, threads: int | None) -> None:
+          max_wait_ms: float, max_body_mb: float, max_pixels: int, max_request_pixels: int,
+          cors_origins: tuple[str, ...], workers: int, shutdown_grace: float, provider: str | None, threads: int | None) -> None:
     """Serve BUNDLE over HTTP: embeddings (OpenAI's API), zero-shot classification, photo search (with --db)
     and a page at /.
 
@@ -63,8 +67,10 @@ def serve(bundle: str, db: str | None, host: str, port: int, precision: str | No
     if key is not None and not key.strip():
         raise InputError(f"{API_KEY_ENV} is set but empty; unset it or give it a value")
     options = options_from_flags(ServeOptions, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                 max_body_bytes=int(max_body_mb * MB), max_pixels=max_pixels, workers=workers,
-                                 api_key=key.strip() if key else None, cors_origins=cors_origins)
+                                 max_body_bytes=int(max_body_mb * MB), max_pixels=max_pixels,
+                                 max_request_pixels=max_request_pixels, workers=workers,
+                                 api_key=key.strip() if key else None, cors_origins=cors_origins,
+                                 shutdown_grace=shutdown_grace)
     try:
         from ..serve import Service, server
     except ImportError as exc:

@@ -37,7 +37,7 @@ from .arrivals import Ticket
 from .batcher import Closed
 from .errors import ApiError, bad_request, not_found, unsupported_media
 from .media import check_media_type, image_bytes
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, ShutdownMiddleware
 from ..serve_options import MAX_IMAGES, MAX_K, MAX_LABELS, MAX_TEMPLATES, MAX_TEXT_CHARS, MAX_TEXTS
 from .page import Page
 from .service import Service
@@ -65,7 +65,7 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/thumbnails/{id:int}", api.thumbnail, methods=["GET"]),
     ]
     options = service.options
-    middleware = [Middleware(MetricsMiddleware, metrics=service.metrics, routes=routes)]
+    middleware = [Middleware(MetricsMiddleware, metrics=service.metrics, routes=routes), Middleware(ShutdownMiddleware)]
     if options.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(options.cors_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],

@@ -19,7 +19,7 @@ from ..bundle import TEXTUAL, VISUAL
 from ..runtime.encoder import Encoder, Prompts
 from .arrivals import Arrivals, current
 from .batcher import Batcher, BatchObserver
-from .media import image_pixels
+from .media import check_request_pixels, image_pixels
 from ..serve_options import ServeOptions
 
 
@@ -75,6 +75,9 @@ class Engine:
         """Each (bytes, name) as pixel values, in the decoding threads; the first bad image's ApiError."""
         loop = asyncio.get_running_loop()
         spec, limit = self.encoder.manifest.image, self.options.max_pixels
+        param = images[0][1].split("[")[0] if images else "input"
+        # headers only, in the default executor: a queue of decoding never delays a refusal
+        await loop.run_in_executor(None, check_request_pixels, images, limit, self.options.max_request_pixels, param)
         tasks = [loop.run_in_executor(self.decoder, image_pixels, data, spec, limit, where) for data, where in images]
         try:
             return list(await asyncio.gather(*tasks))

@@ -3,7 +3,8 @@
 Every check that can be made without decoding is made first: the declared media type (415 for anything
 but the image formats below), the base64 text, then the image's header, which gives its format (415 for
 formats outside :data:`FORMATS`) and its size in pixels (413 above ``--max-pixels``, so a decompression
-bomb, a small file that claims a huge image, is refused without being decoded). Only then is the image
+bomb, a small file that claims a huge image, is refused without being decoded), and the pixels of all a
+request's images together (413 above ``--max-request-pixels``). Only then is the image
 decoded and preprocessed, by the same functions :class:`~altclip_onnx.Encoder` uses, so its embedding is
 the one ``Encoder.encode_images`` gives for the same bytes. URLs are never fetched.
 """
@@ -14,6 +15,7 @@ import base64
 import binascii
 import io
 import re
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -88,6 +90,21 @@ def image_pixels(data: bytes, spec: ImageSpec, max_pixels: int, where: str) -> n
         return preprocess(load_image(data), spec)
     except InputError as exc:
         raise bad_request(str(exc).replace("<bytes>", where, 1), where) from exc
+
+
+def check_request_pixels(images: Sequence[tuple[bytes, str]], max_pixels: int, max_request_pixels: int,
+                         param: str) -> int:
+    """Every image's header checked (as :func:`check_header`), and their pixels together at most
+    ``max_request_pixels`` (413 naming ``param`` otherwise): what decoding a request costs, in time and memory,
+    is bounded before any of it is decoded. Returns the total."""
+    total = 0
+    for data, where in images:
+        _, width, height = check_header(data, max_pixels, where)
+        total += width * height
+    if total > max_request_pixels:
+        raise too_large(f"{param}: the images have {total:,} pixels together, over the limit of {max_request_pixels:,} "
+                        "per request (--max-request-pixels); send fewer or smaller images per request", param)
+    return total
 
 
 def check_header(data: bytes, max_pixels: int, where: str) -> tuple[str, int, int]:

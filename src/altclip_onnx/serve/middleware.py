@@ -1,10 +1,12 @@
-"""ASGI middleware of the service: metrics for every request, the API key, the request body limit.
+"""ASGI middleware of the service: metrics for every request, the API key, the request body limit, and a JSON
+503 for a request cut off by the end of a graceful shutdown.
 
 Pure ASGI (no BaseHTTPMiddleware), so nothing buffers a body or a response on the way through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Sequence
@@ -55,6 +57,36 @@ class MetricsMiddleware:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+class ShutdownMiddleware:
+    """A request still running when the graceful shutdown's time is up is cancelled by uvicorn, whose own answer
+    would be a plain-text 500. Here it gets OpenAI's shape instead: 503 ``shutting_down`` (when no part of its
+    response was sent yet; otherwise the connection just closes)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            error = ApiError(503, "the service is shutting down and this request did not finish in time; retry on "
+                             "another instance", code="shutting_down", headers={"Connection": "close"})
+            await error.response()(scope, receive, send)  # answered, the cancellation ends here
 
 
 class ApiKeyMiddleware:

@@ -16,7 +16,6 @@ from ..errors import InputError, OutputError
 from .app import create_app
 from .service import Service
 
-GRACEFUL_SECONDS = 30  # on SIGTERM, how long requests in flight may take to finish
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -62,7 +61,7 @@ def run(service: Service, sock: socket.socket) -> None:
     Closes the service and the socket."""
     try:
         config = uvicorn.Config(create_app(service), log_config=None, lifespan="on", access_log=False,
-                                timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
+                                timeout_graceful_shutdown=service.options.shutdown_grace, server_header=False)
         _Server(config).run(sockets=[sock])
     finally:
         service.close()  # (already closed by the app's shutdown, unless start-up failed)
