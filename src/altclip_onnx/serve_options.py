@@ -7,7 +7,8 @@ its defaults from here while ``--help`` works without the extra.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from .errors import InputError
 from .runtime.pipeline import DECODE_WORKERS
@@ -22,6 +23,19 @@ MAX_K = 1000  # results per /v1/search
 THUMBNAIL_SIZE = 256  # longest edge of /v1/thumbnails/{id}, in pixels
 
 
+MB = 1024 * 1024
+
+
+def default_held_bytes() -> int:
+    """Bytes of request bodies held at once by default: a sixteenth of this machine's memory, 64..256 MB. A body
+    costs about three times its size while its request runs (the body, its parsed JSON, the decoded bytes)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 4096 * MB
+    return int(min(256 * MB, max(64 * MB, memory // 16)))
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     """``max_batch``: most inputs per model call; ``max_wait_ms``: how long a model call waits for more
@@ -30,6 +44,11 @@ class ServeOptions:
     ``workers``: threads that decode images; ``api_key``: when set, every /v1/ request needs
     ``Authorization: Bearer <key>``; ``cors_origins``: origins allowed to call from a browser (none: CORS off);
     ``classifier_cache``: label sets whose text classifier is kept; ``thumbnail_cache``: thumbnails kept;
+    ``max_held_bytes``: request bodies over 64 KB held at once, in bytes (a body that would pass it is refused
+    with a 429 from its Content-Length, unread); ``max_queued_texts``, ``max_queued_images``: inputs a tower
+    takes on at once (more: 429); ``max_queue_seconds``: the most seconds of work, at the tower's measured speed, a
+    tower takes on (more: 429); ``request_timeout``: a request's deadline in seconds unless it sends
+    ``X-Request-Timeout`` (work still waiting then is dropped, 504);
     ``shutdown_grace``: seconds requests in flight may take to finish after SIGTERM (then each gets a 503)."""
 
     max_batch: int = 32
@@ -43,11 +62,20 @@ class ServeOptions:
     classifier_cache: int = 64
     thumbnail_cache: int = 1024
     shutdown_grace: float = 30.0
+    max_held_bytes: int = field(default_factory=default_held_bytes)
+    max_queued_texts: int = 8192  # four requests of OpenAI's 2048; about 0.5 MB of tokens
+    max_queued_images: int = 256  # 150 MB of pixels at 224 x 224 once decoded
+    max_queue_seconds: float = 10.0
+    request_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_body_bytes", "max_pixels", "max_request_pixels", "workers"):
+        for name in ("max_batch", "max_body_bytes", "max_pixels", "max_request_pixels", "workers", "max_held_bytes",
+                     "max_queued_texts", "max_queued_images"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_queue_seconds", "request_timeout"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be more than 0, not {getattr(self, name)}")
         if self.shutdown_grace < 0:
             raise InputError(f"shutdown_grace must be 0 or more, not {self.shutdown_grace}")
         if self.max_wait_ms < 0:

@@ -4,7 +4,9 @@ before the model. Servers here run the real model path, slowed down (``SLOW``) w
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -80,5 +82,100 @@ def test_the_pixels_of_a_request_are_bounded_together(tiny_bundle: Path, tmp_pat
             assert form.status_code == 413 and form.json()["error"]["code"] == "request_too_large", form.text
             assert http.post("/v1/embeddings", json={"input": [big] * 2, "modality": "image"}).status_code == 200
             assert server.healthy()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def post(server: Server, texts: int, results: list, **headers: str) -> threading.Thread:
+    def send() -> None:
+        results.append(httpx.post(f"{server.url}/v1/embeddings", json={"input": [f"t{i}" for i in range(texts)]},
+                                  headers=headers, timeout=60))
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def metric(server: Server, name: str) -> float:
+    lines = httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+
+
+def test_work_past_a_towers_bound_is_refused_at_once_with_retry_after(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Model calls of 4 texts take 0.2 s (measured: 0.05 s a text). 64 texts in hand are 3.2 s of work, over
+    --max-queue-seconds 1 with 16 more: those are refused at once, 429 overloaded with a Retry-After from the
+    work in hand; /health and the image tower answer meanwhile."""
+    server = slow_server(tiny_bundle, tmp_path, "--max-batch", "4", "--max-queue-seconds", "1", texts=0.2)
+    try:
+        with server.client() as http:
+            assert http.post("/v1/embeddings", json={"input": ["a", "b", "c", "d"]}).status_code == 200  # measured
+            first: list[httpx.Response] = []
+            thread = post(server, 64, first)
+            time.sleep(0.5)
+            started = time.monotonic()
+            refused = http.post("/v1/embeddings", json={"input": [f"u{i}" for i in range(16)]})
+            assert time.monotonic() - started < 0.5
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "overloaded"
+            assert 2 <= int(refused.headers["retry-after"]) <= 5, refused.headers  # 64 x 0.05 s, less what ran
+            started = time.monotonic()
+            assert http.get("/health").status_code == 200 and time.monotonic() - started < 0.3
+            image = data_uri(png(BIG[:200, :200]))
+            assert http.post("/v1/embeddings", json={"input": image, "modality": "image"}).status_code == 200
+            thread.join(30)
+            assert first[0].status_code == 200 and len(first[0].json()["data"]) == 64
+            assert http.post("/v1/embeddings", json={"input": ["again"]}).status_code == 200  # room again
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_a_large_body_past_the_bytes_held_is_refused_before_it_is_read(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--max-held-mb 1: one 900 KB body being uploaded is held; a second body of 500 KB is refused from its
+    headers (429, Retry-After, the connection closed, its body never sent); a small text request still passes."""
+    server = slow_server(tiny_bundle, tmp_path, "--max-held-mb", "1")
+    port = int(server.url.rsplit(":", 1)[1])
+
+    def headers(length: int) -> bytes:
+        return (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % length)
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as held, \
+                socket.create_connection(("127.0.0.1", port), timeout=10) as refused:
+            held.sendall(headers(900_000) + b'{"input": "')
+            time.sleep(0.3)
+            refused.sendall(headers(500_000))  # and nothing more
+            answer = b""
+            while chunk := refused.recv(65536):  # until the server closes the connection
+                answer += chunk
+            text = answer.decode()
+            assert text.startswith("HTTP/1.1 429"), text
+            assert "retry-after: 1" in text.lower() and "connection: close" in text.lower()
+            assert json.loads(text.split("\r\n\r\n", 1)[1])["error"]["code"] == "overloaded"
+            assert httpx.post(f"{server.url}/v1/embeddings", json={"input": "small"}, timeout=10).status_code == 200
+        assert server.healthy()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_work_whose_deadline_passed_is_dropped_before_the_model(tiny_bundle: Path, tmp_path: Path) -> None:
+    """8 texts in two model calls of 0.5 s; a one-text request with X-Request-Timeout 0.3 waits behind them (its
+    wait not yet measured, it is admitted): its deadline passes in the queue, it gets a 504 deadline_exceeded,
+    and the model never sees its text. A bad header is a 400."""
+    server = slow_server(tiny_bundle, tmp_path, "--max-batch", "4", texts=0.5)
+    try:
+        first: list[httpx.Response] = []
+        late: list[httpx.Response] = []
+        threads = [post(server, 8, first)]
+        time.sleep(0.1)
+        threads.append(post(server, 1, late, **{"X-Request-Timeout": "0.3"}))
+        for thread in threads:
+            thread.join(30)
+        assert first[0].status_code == 200
+        assert late[0].status_code == 504, late[0].text
+        assert late[0].json()["error"]["code"] == "deadline_exceeded"
+        assert metric(server, 'altclip_batch_size_sum{tower="textual"}') == 8  # not 9
+        bad = httpx.post(f"{server.url}/v1/embeddings", json={"input": "x"}, headers={"X-Request-Timeout": "soon"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Request-Timeout"
     finally:
         assert server.stop() == 0, server.log()

@@ -51,12 +51,21 @@ MB = 1024 * 1024
               help="Threads that decode images while the model runs.")
 @click.option("--shutdown-grace", type=float, default=ServeOptions.shutdown_grace, show_default=True,
               help="Seconds requests in flight may take to finish after SIGTERM; then each gets a 503.")
+@click.option("--max-held-mb", type=float, default=None,
+              help="Request bodies (over 64 KB) held at once; a larger body is refused (429) unread "
+                   "[default: 1/16 of memory, 64..256 MB].")
+@click.option("--max-queue-seconds", type=float, default=ServeOptions.max_queue_seconds, show_default=True,
+              help="Seconds of work, at the model's measured speed, each tower takes on; more is refused (429).")
+@click.option("--request-timeout", type=float, default=ServeOptions.request_timeout, show_default=True,
+              help="A request's deadline in seconds, unless it sends X-Request-Timeout; work still waiting then "
+                   "is dropped (504).")
 @provider_option
 @threads_option
 @friendly_errors
 def serve(bundle: str, db: str | None, host: str, port: int, precision: str | None, max_batch: int,
           max_wait_ms: float, max_body_mb: float, max_pixels: int, max_request_pixels: int,
-          cors_origins: tuple[str, ...], workers: int, shutdown_grace: float, provider: str | None, threads: int | None) -> None:
+          cors_origins: tuple[str, ...], workers: int, shutdown_grace: float,
+          max_held_mb: float | None, max_queue_seconds: float, request_timeout: float, provider: str | None, threads: int | None) -> None:
     """Serve BUNDLE over HTTP: embeddings (OpenAI's API), zero-shot classification, photo search (with --db)
     and a page at /.
 
@@ -70,7 +79,9 @@ def serve(bundle: str, db: str | None, host: str, port: int, precision: str | No
                                  max_body_bytes=int(max_body_mb * MB), max_pixels=max_pixels,
                                  max_request_pixels=max_request_pixels, workers=workers,
                                  api_key=key.strip() if key else None, cors_origins=cors_origins,
-                                 shutdown_grace=shutdown_grace)
+                                 shutdown_grace=shutdown_grace, max_queue_seconds=max_queue_seconds,
+                                 request_timeout=request_timeout,
+                                 **({} if max_held_mb is None else {"max_held_bytes": int(max_held_mb * MB)}))
     try:
         from ..serve import Service, server
     except ImportError as exc:

@@ -34,10 +34,17 @@ from ..errors import AltclipOnnxError, InputError, StoreError
 from ..runtime.pipeline import split_labels
 from ..search import Hit
 from .arrivals import Ticket
-from .batcher import Closed
+from .admission import HeldBytes, expired
+from .batcher import Closed, Expired
 from .errors import ApiError, bad_request, not_found, unsupported_media
 from .media import check_media_type, image_bytes
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, ShutdownMiddleware
+from .middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    DeadlineMiddleware,
+    MetricsMiddleware,
+    ShutdownMiddleware,
+)
 from ..serve_options import MAX_IMAGES, MAX_K, MAX_LABELS, MAX_TEMPLATES, MAX_TEXT_CHARS, MAX_TEXTS
 from .page import Page
 from .service import Service
@@ -72,7 +79,10 @@ def create_app(service: Service) -> Starlette:
                                      max_age=600))
     if options.api_key:
         middleware.append(Middleware(ApiKeyMiddleware, key=options.api_key))
-    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes))
+    images = service.engine.gates[VISUAL]
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes,
+                                 held=HeldBytes(options.max_held_bytes), retry_after=images.retry_after))
+    middleware.append(Middleware(DeadlineMiddleware, default=options.request_timeout))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -81,7 +91,7 @@ def create_app(service: Service) -> Starlette:
         await asyncio.get_running_loop().run_in_executor(None, service.close)
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={
-        ApiError: _api_error, HTTPException: _http_error, InputError: _input_error, Closed: _closed,
+        ApiError: _api_error, HTTPException: _http_error, InputError: _input_error, Closed: _closed, Expired: _expired,
         StoreError: _store_error, AltclipOnnxError: _library_error, Exception: _server_error,
     })
     app.state.service = service
@@ -108,6 +118,10 @@ async def _input_error(request: Request, exc: Exception) -> Response:
 
 async def _closed(request: Request, exc: Exception) -> Response:
     return ApiError(503, "the service is shutting down; retry on another instance", code="shutting_down").response()
+
+
+async def _expired(request: Request, exc: Exception) -> Response:
+    return expired("model").response()
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:

@@ -30,6 +30,10 @@ class Closed(RuntimeError):
     """The batcher was closed: the service is shutting down."""
 
 
+class Expired(RuntimeError):
+    """The job's deadline passed while it waited: it was dropped before reaching the model."""
+
+
 class BatchObserver(Protocol):
     """What a batcher reports (see :class:`~altclip_onnx.serve.metrics.Metrics`)."""
 
@@ -43,6 +47,7 @@ class _Job:
     items: Sequence[Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    deadline: float | None = None  # time.monotonic() after which the job is dropped, not run
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -88,12 +93,13 @@ class Batcher:
     def closed(self) -> bool:
         return self._closed
 
-    async def submit(self, items: Sequence[Any]) -> Any:
-        """The rows of ``run`` for ``items``, computed in a batch with other jobs."""
+    async def submit(self, items: Sequence[Any], deadline: float | None = None) -> Any:
+        """The rows of ``run`` for ``items``, computed in a batch with other jobs; :class:`Expired` if
+        ``deadline`` (time.monotonic()) passes before the job reaches the model."""
         if not items:
             raise ValueError("a job needs at least one input")
         loop = asyncio.get_running_loop()
-        job = _Job(items, loop.create_future(), loop)
+        job = _Job(items, loop.create_future(), loop, deadline)
         with self._cond:
             if self._closed:
                 raise Closed(f"{self.name}: shutting down")
@@ -103,11 +109,17 @@ class Batcher:
         self._report_depth()
         return await job.future
 
-    async def submit_all(self, items: Sequence[Any]) -> list[Any]:
+    async def submit_all(self, items: Sequence[Any], deadline: float | None = None) -> list[Any]:
         """Like :meth:`submit` for any number of inputs: jobs of at most ``max_batch`` inputs, so a big
         request takes turns with others instead of holding the model; returns each job's rows in order."""
         chunks = [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
-        return list(await asyncio.gather(*(self.submit(chunk) for chunk in chunks)))
+        tasks = [asyncio.ensure_future(self.submit(chunk, deadline)) for chunk in chunks]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:  # one part failed (or the request went away): the others are not wanted, the model skips them
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
 
     def wake(self) -> None:
         """Tell a waiting worker to look again (fewer requests are arriving)."""
@@ -147,7 +159,12 @@ class Batcher:
                     self._cond.wait(remaining)
                 self._depth -= size
             self._report_depth()
-            self._execute([job for job in jobs if not job.future.cancelled()])
+            now = time.monotonic()
+            for job in jobs:
+                if job.deadline is not None and now > job.deadline:
+                    _settle(job, None, Expired(f"{self.name}: the deadline passed while the job waited"))
+            self._execute([job for job in jobs if not job.future.cancelled()
+                           and (job.deadline is None or now <= job.deadline)])
 
     def _execute(self, jobs: list[_Job]) -> None:
         if not jobs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,8 @@ import numpy as np
 
 from ..bundle import TEXTUAL, VISUAL
 from ..runtime.encoder import Encoder, Prompts
+from . import admission
+from .admission import Gate
 from .arrivals import Arrivals, current
 from .batcher import Batcher, BatchObserver
 from .media import check_request_pixels, image_pixels
@@ -31,6 +34,10 @@ class Engine:
         self.options = options
         self.decoder = ThreadPoolExecutor(options.workers, thread_name_prefix="altclip-decode")
         self.arrivals = Arrivals()
+        self.gates = {TEXTUAL: Gate(TEXTUAL, max_inputs=options.max_queued_texts, max_seconds=options.max_queue_seconds),
+                      VISUAL: Gate(VISUAL, max_inputs=options.max_queued_images, max_seconds=options.max_queue_seconds,
+                                   parallel=options.workers)}
+        observer = _Observers(observer, self.gates)
         wait = options.max_wait_ms / 1000
         self.texts = Batcher(TEXTUAL, self._run_texts, max_batch=options.max_batch, max_wait=wait, observer=observer,
                              arriving=lambda: self.arrivals.waiting_for(TEXTUAL))
@@ -67,8 +74,9 @@ class Engine:
 
     async def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """float32 [N, D] normalized embeddings and the token count of each text."""
-        _arrived(TEXTUAL)
-        parts = await self.texts.submit_all(list(texts))
+        with self.gates[TEXTUAL].admit(len(texts)):
+            _arrived(TEXTUAL)
+            parts = await self.texts.submit_all(list(texts), admission.deadline())
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     async def decode(self, images: Sequence[tuple[bytes, str]]) -> list[np.ndarray]:
@@ -78,7 +86,8 @@ class Engine:
         param = images[0][1].split("[")[0] if images else "input"
         # headers only, in the default executor: a queue of decoding never delays a refusal
         await loop.run_in_executor(None, check_request_pixels, images, limit, self.options.max_request_pixels, param)
-        tasks = [loop.run_in_executor(self.decoder, image_pixels, data, spec, limit, where) for data, where in images]
+        tasks = [loop.run_in_executor(self.decoder, self._decode_one, data, spec, limit, where, admission.deadline())
+                 for data, where in images]
         try:
             return list(await asyncio.gather(*tasks))
         finally:
@@ -86,11 +95,20 @@ class Engine:
                 if not task.done():
                     task.cancel()
 
+    def _decode_one(self, data: bytes, spec: object, limit: int, where: str, deadline: float | None) -> np.ndarray:
+        if deadline is not None and time.monotonic() > deadline:
+            raise admission.expired("image decoding")  # dropped: nobody waits for it any more
+        started = time.perf_counter()
+        pixels = image_pixels(data, spec, limit, where)  # type: ignore[arg-type]
+        self.gates[VISUAL].observe_decode(time.perf_counter() - started)
+        return pixels
+
     async def embed_images(self, images: Sequence[tuple[bytes, str]]) -> np.ndarray:
         """float32 [N, D] normalized embeddings of images given as (bytes, name for messages)."""
-        pixels = await self.decode(images)
-        _arrived(VISUAL)
-        return np.concatenate(await self.images.submit_all(pixels))
+        with self.gates[VISUAL].admit(len(images)):
+            pixels = await self.decode(images)
+            _arrived(VISUAL)
+            return np.concatenate(await self.images.submit_all(pixels, admission.deadline()))
 
     async def classifier(self, labels: Sequence[str], templates: Sequence[str] | None) -> np.ndarray:
         """[labels, D]: :meth:`Encoder.text_classifier`'s recipe (:class:`Prompts`), its texts batched with
@@ -111,6 +129,23 @@ class Engine:
 
     def probabilities(self, image_embeds: np.ndarray, classifier: np.ndarray) -> np.ndarray:
         return self.encoder.probabilities(image_embeds, classifier)
+
+
+class _Observers:
+    """What the batchers report, to the metrics and to the gates (which learn each tower's speed from it)."""
+
+    def __init__(self, metrics: BatchObserver | None, gates: dict[str, Gate]) -> None:
+        self.metrics = metrics
+        self.gates = gates
+
+    def batch(self, name: str, size: int, jobs: int, seconds: float) -> None:
+        self.gates[name].observe(size, seconds)
+        if self.metrics is not None:
+            self.metrics.batch(name, size, jobs, seconds)
+
+    def queued(self, name: str, depth: int) -> None:
+        if self.metrics is not None:
+            self.metrics.queued(name, depth)
 
 
 def _arrived(tower: str) -> None:

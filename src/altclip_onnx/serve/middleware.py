@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError, too_large
+from .admission import HeldBytes, deadline_in
+from .errors import ApiError, bad_request, too_large
 from .metrics import Metrics
 
 
@@ -114,13 +115,49 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class DeadlineMiddleware:
+    """Every request gets a deadline (see :mod:`.admission`): ``X-Request-Timeout: SECONDS`` from the client
+    (more than 0, at most ``longest``), else ``default`` seconds."""
+
+    HEADER = "x-request-timeout"
+
+    def __init__(self, app: ASGIApp, default: float, longest: float = 3600.0) -> None:
+        self.app = app
+        self.default = default
+        self.longest = longest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get(self.HEADER)
+        seconds = self.default
+        if given is not None:
+            try:
+                seconds = float(given)
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds <= self.longest:  # (NaN fails too)
+                error = bad_request(f"X-Request-Timeout must be seconds, more than 0 and at most {self.longest:g}, "
+                                    f"not {given!r}", "X-Request-Timeout")
+                await error.response()(scope, receive, send)
+                return
+        with deadline_in(seconds):
+            await self.app(scope, receive, send)
+
+
 class BodyLimitMiddleware:
     """Request bodies over ``max_bytes`` get a 413: at once from their Content-Length (nothing is read), or
-    as soon as the bytes received pass the limit (chunked uploads), never after reading them whole."""
+    as soon as the bytes received pass the limit (chunked uploads), never after reading them whole. With
+    ``held``, a large body that would take the bytes held over their bound gets a 429 from its Content-Length
+    (a chunked one counts as ``max_bytes``), unread; ``retry_after`` gives its Retry-After."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, held: HeldBytes | None = None,
+                 retry_after: Callable[[], float] = lambda: 1.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.held = held
+        self.retry_after = retry_after
 
     def _error(self) -> ApiError:
         mb = self.max_bytes / (1024 * 1024)
@@ -144,6 +181,21 @@ class BodyLimitMiddleware:
                 error.headers["Connection"] = "close"  # the body stays unread: this connection cannot be reused
                 await error.response()(scope, receive, send)
                 return
+        if self.held is None or scope["method"] not in ("POST", "PUT"):
+            await self._limited(scope, receive, send)
+            return
+        try:
+            taken = self.held.take(self.max_bytes if length is None else declared, self.retry_after)
+        except ApiError as error:
+            error.headers["Connection"] = "close"  # the body stays unread
+            await error.response()(scope, receive, send)
+            return
+        try:
+            await self._limited(scope, receive, send)
+        finally:
+            self.held.give(taken)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
 
         async def limited() -> Message:
