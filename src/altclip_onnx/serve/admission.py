@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -62,8 +63,10 @@ class Gate:
     """One tower's admitted inputs, bounded in count (``max_inputs``) and in seconds of measured work
     (``max_seconds``); see the module docstring."""
 
-    def __init__(self, name: str, *, max_inputs: int, max_seconds: float, parallel: int = 1) -> None:
+    def __init__(self, name: str, *, max_inputs: int, max_seconds: float, parallel: int = 1,
+                 on_idle: Callable[[], None] | None = None) -> None:
         self.name = name
+        self._on_idle = on_idle  # called when the last admitted inputs are done
         self.max_inputs = max_inputs
         self.max_seconds = max_seconds
         self.admitted = 0
@@ -109,6 +112,8 @@ class Gate:
             yield
         finally:
             self.admitted -= inputs
+            if not self.admitted and self._on_idle is not None:
+                self._on_idle()
 
 
 class HeldBytes:
@@ -133,6 +138,35 @@ class HeldBytes:
 
     def give(self, size: int) -> None:
         self.held -= size
+
+
+class Trimmer:
+    """Hands the C allocator's free memory back to the system (glibc's ``malloc_trim``) when a burst of image
+    requests is over: image bytes and pixels freed by Python and numpy otherwise stay in malloc's arenas, and
+    the process keeps the burst's peak. At most once per ``interval`` seconds, in a thread; nothing elsewhere."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last = 0.0
+        self._trim = _malloc_trim()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self._trim is None or now - self._last < self.interval:
+            return
+        self._last = now
+        threading.Thread(target=self._trim, args=(0,), name="altclip-trim", daemon=True).start()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return None
 
 
 def _mean(old: float | None, new: float) -> float:

@@ -36,7 +36,7 @@ class Engine:
         self.arrivals = Arrivals()
         self.gates = {TEXTUAL: Gate(TEXTUAL, max_inputs=options.max_queued_texts, max_seconds=options.max_queue_seconds),
                       VISUAL: Gate(VISUAL, max_inputs=options.max_queued_images, max_seconds=options.max_queue_seconds,
-                                   parallel=options.workers)}
+                                   parallel=options.workers, on_idle=admission.Trimmer())}
         observer = _Observers(observer, self.gates)
         wait = options.max_wait_ms / 1000
         self.texts = Batcher(TEXTUAL, self._run_texts, max_batch=options.max_batch, max_wait=wait, observer=observer,
