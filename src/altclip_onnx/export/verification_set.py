@@ -154,7 +154,7 @@ def verification_images(manifest: Manifest) -> tuple[np.ndarray, list[str], tupl
     return np.stack(images), notes, tuple(distinct)
 
 
-def _batches(count: int, first: tuple[int, ...] = (1, 4)) -> list[range]:
+def _batches(count: int, first: tuple[int, ...]) -> list[range]:
     """Consecutive batches: the sizes in ``first``, then eights (the last one what is left)."""
     batches, start = [], 0
     for size in (*first, *[8] * count):
@@ -166,10 +166,12 @@ def _batches(count: int, first: tuple[int, ...] = (1, 4)) -> list[range]:
 
 
 def verification_cases(tokenizer_json: str, manifest: Manifest, images: np.ndarray) -> list[Case]:
-    """Image batches of 1, 4, 8s; text batches of 1, 8s padded, and long texts (300+ tokens) alone and padded.
+    """Image batches of 1, 2, 4, 8s; text batches of 1, 8s padded, and long texts (300+ tokens) alone and padded.
 
-    The batch of 4 images and the first batch of 8 sentences are the quick cases of the first-use check; they
-    and the next batch of 8 run their rows alone too (batch invariance). Those 16 sentences (16 languages) are
+    The batch of 2 images and the first batch of 8 sentences are the quick cases of the first-use check (two
+    images: a full-size image tower at fp32 is the slowest part of that check); the image batches of 2, 4 and
+    the first 8, and the first two text batches of 8, run their rows alone too (batch invariance). Those 16
+    sentences (16 languages) are
     also the zero-shot labels of all 64 images: more labels flatten a model's probabilities until few images
     are confident enough to count.
     """
@@ -177,10 +179,10 @@ def verification_cases(tokenizer_json: str, manifest: Manifest, images: np.ndarr
     from ..runtime.text import load_tokenizer, tokenize
 
     cases = []
-    for number, rows in enumerate(_batches(len(images))):
+    for number, rows in enumerate(_batches(len(images), first=(1, 2, 4))):
         name = f"image {rows[0] + 1} b1" if len(rows) == 1 else f"images {rows[0] + 1}-{rows[-1] + 1} b{len(rows)}"
         cases.append(Case(VISUAL, name, {TOWER_INPUTS[VISUAL][0]: normalize(images[list(rows)], manifest.image)},
-                          quick=number == 1, alone=number in (1, 2), rows=tuple(rows)))
+                          quick=number == 1, alone=number in (1, 2, 3), rows=tuple(rows)))
 
     def encode(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
         return tokenize(load_tokenizer(tokenizer_json, manifest.text, max_length), texts)
