@@ -10,7 +10,8 @@
 #    tests start their own servers: the service on a loopback port, PostgreSQL from the pgserver wheel, a
 #    Ray cluster on 127.0.0.1.
 # 2. .venv-runtime (the runtime half and the test tools only: no torch, transformers, onnx or
-#    sentencepiece, as runtime users have it): run tests/runtime and the Hub tests again.
+#    sentencepiece, as runtime users have it): run again the tests of everything a user runs after export
+#    (RUNTIME_TESTS below: the folders mirroring the runtime side of src/altclip_onnx).
 # 3. .venv-openvino (the runtime half and the test tools, with onnxruntime-openvino in place of onnxruntime):
 #    tests/openvino, run in step 1, drives it as subprocesses (verify and Encoder with --provider openvino).
 set -euo pipefail
@@ -54,8 +55,12 @@ echo "building the test fixture in $fixture"
 echo "== all tests (.venv: export, runtime, service, convert, distributed, postgres)"
 ALTCLIP_TEST_FIXTURE="$fixture" .venv/bin/python -m pytest "$@"
 
-echo "== runtime and Hub tests without torch, transformers, onnx or sentencepiece (.venv-runtime)"
+# The test folders of the runtime side (tests mirror src/altclip_onnx; tests/core: bundle, files, errors, the
+# public surface and the seams). tests/core/test_torch_free.py checks that every test folder is either listed
+# here or named there with the extra it needs that .venv-runtime lacks.
+RUNTIME_TESTS=(tests/core tests/runtime tests/search tests/fewshot tests/evaluation tests/verification tests/cli tests/hub)
+echo "== runtime-side tests without torch, transformers, onnx or sentencepiece (.venv-runtime)"
 status=0
-ALTCLIP_TEST_FIXTURE="$fixture" ALTCLIP_RUNTIME_ONLY=1 .venv-runtime/bin/python -m pytest tests/runtime tests/convert/test_hub.py "$@" || status=$?
+ALTCLIP_TEST_FIXTURE="$fixture" ALTCLIP_RUNTIME_ONLY=1 .venv-runtime/bin/python -m pytest "${RUNTIME_TESTS[@]}" "$@" || status=$?
 # 5: the arguments selected no runtime test (e.g. -k export), which is fine here.
 if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then exit "$status"; fi

@@ -1,6 +1,6 @@
 """Python source that a fresh interpreter runs first to make the export side unimportable: torch,
 transformers, sentencepiece and onnx behave as if they were not installed. The runtime-only tests
-(tests/runtime/test_torch_free.py, the service's in tests/serve) prepend it to what they run."""
+(tests/core/test_torch_free.py, the service's in tests/serve) prepend it to what they run."""
 
 BLOCKED = ("torch", "transformers", "sentencepiece", "onnx")
 

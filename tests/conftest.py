@@ -4,7 +4,8 @@ With ``ALTCLIP_TEST_FIXTURE=FOLDER`` the tests use a fixture built beforehand (`
 FOLDER``, with the export extra); that is how the runtime tests run in an environment without torch.
 Without it, the fixture is built once per session in a temporary folder, which needs torch.
 
-This file imports neither torch nor transformers: tests/runtime must run where they are not installed.
+This file imports neither torch nor transformers: the runtime-side tests (scripts/test.sh lists their folders)
+must run where they are not installed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import onnxruntime  # noqa: F401  before any test module imports usearch, whose wheels (2.26.2+) crash
 import pytest  # onnxruntime's initialization when loaded first (see altclip_onnx.search.store.local)
+
+from altclip_onnx.runtime import Encoder
 
 from .reference import Reference
 
@@ -74,6 +77,12 @@ def tiny_bundle(fixture_dir: Path) -> Path:
 def other_bundle(fixture_dir: Path) -> Path:
     """The same tiny architecture with other weights: another model, as far as indexes and caches care."""
     return fixture_dir / "other-bundle"
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bundle: Path) -> Encoder:
+    """An fp32 Encoder of the tiny bundle on the CPU (a module may define its own ``encoder`` instead)."""
+    return Encoder(tiny_bundle, provider="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="session")

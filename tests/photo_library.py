@@ -1,5 +1,5 @@
-"""A small photo library for the index tests (tests/runtime/test_search.py and, on both stores,
-tests/postgres/test_index_both_stores.py): scikit-image's photos in nested folders, and helpers."""
+"""A small photo library for the index tests (tests/search/test_search.py and, on both stores,
+tests/search/test_index_stores.py): scikit-image's photos in nested folders, and helpers."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from altclip_onnx.verification.selfcheck import SECTION
 
 from ..cases import PARITY_TEXTS
 from ..conftest import missing
-from ..runtime.test_verification import copy_bundle, swap_int8_graph
+from ..verification.test_verification import copy_bundle, swap_int8_graph
 
 OPENVINO = "OpenVINOExecutionProvider"
 RUNTIME = "onnxruntime-openvino"

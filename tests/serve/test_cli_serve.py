@@ -24,7 +24,7 @@ from ..blocking import BLOCK_EXPORT_SIDE
 from .conftest import Server, cosine, data_uri
 
 # Runs the command in a fresh interpreter where torch, transformers, sentencepiece and onnx cannot be
-# imported (as tests/runtime/test_torch_free.py does), and prints what of them got loaded when it exits.
+# imported (as tests/core/test_torch_free.py does), and prints what of them got loaded when it exits.
 TORCH_FREE = BLOCK_EXPORT_SIDE + r"""
 import atexit, json
 

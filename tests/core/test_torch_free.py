@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ SCRIPT = BLOCK_EXPORT_SIDE + r"""
 import contextlib
 import io
 import json
+import re
 
 
 def run_cli(*args):
@@ -209,7 +211,34 @@ def test_public_surface() -> None:
 
 @pytest.mark.skipif(os.environ.get("ALTCLIP_RUNTIME_ONLY") != "1", reason="only in the runtime-only environment")
 def test_this_environment_really_lacks_the_export_packages() -> None:
-    """scripts/test.sh runs tests/runtime in .venv-runtime: prove torch & co. are really absent there."""
+    """scripts/test.sh runs the runtime-side tests in .venv-runtime: prove torch & co. are really absent there."""
     import importlib.util
 
     assert [m for m in BLOCKED if importlib.util.find_spec(m) is not None] == []
+
+
+# Test folders that scripts/test.sh does not run in .venv-runtime, and what they need that it lacks.
+NOT_RUNTIME_ONLY = {
+    "export": "torch, transformers, onnx, sentencepiece ([export])",
+    "convert": "onnx ([convert]) and Node",
+    "isa": "onnx, to build its graphs ([export]) and qemu-user",
+    "serve": "starlette and uvicorn ([serve])",
+    "distributed": "Ray ([distributed])",
+    "postgres": "psycopg and pgserver ([postgres], [test-services])",
+    "openvino": "onnxruntime-openvino (.venv-openvino)",
+    "docs": "mkdocs ([docs]) and a fresh checkout with the package index",
+}
+
+
+def test_every_test_folder_runs_torch_free_or_says_what_it_needs() -> None:
+    """A new test folder is run in the runtime-only environment (RUNTIME_TESTS in scripts/test.sh) or named
+    above: torch-free coverage does not shrink because a folder was forgotten."""
+    tests = Path(__file__).resolve().parents[1]
+    script = (tests.parent / "scripts" / "test.sh").read_text(encoding="utf-8")
+    listed = re.search(r"^RUNTIME_TESTS=\(([^)]*)\)$", script, re.MULTILINE)
+    assert listed, "scripts/test.sh: no RUNTIME_TESTS=(...) line"
+    runtime = [Path(entry).name for entry in listed.group(1).split()]
+    folders = {path.parent.name for path in tests.glob("*/test_*.py")}
+    assert set(runtime) <= folders, "RUNTIME_TESTS names a folder without tests"
+    assert not set(runtime) & set(NOT_RUNTIME_ONLY)
+    assert sorted(folders - set(NOT_RUNTIME_ONLY)) == sorted(runtime)

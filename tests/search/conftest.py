@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from altclip_onnx.runtime import Encoder
-
 from ..photo_library import make_library
 
 
@@ -15,8 +13,3 @@ from ..photo_library import make_library
 def library(tmp_path: Path) -> Path:
     """A fresh copy of the photo library (tests/photo_library.py) per test: tests move and edit it."""
     return make_library(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bundle: Path) -> Encoder:
-    return Encoder(tiny_bundle, provider="cpu", precision="fp32")
