@@ -163,7 +163,9 @@ def test_a_ray_dataset_of_paths_and_a_shipped_bundle(tmp_path: Path, photos: Pat
     assert report.rows == len(paths) and len(report.failures) == 1
     (shipped,) = cache.glob("*-visual-fp32")
     files = sorted(str(p.relative_to(shipped)) for p in shipped.rglob("[!.]*") if p.is_file())
-    assert files == ["manifest.json", "textual/tokenizer.json", "visual/model.onnx", "visual/preprocessor_config.json"]
+    # The reference goes too: each worker's Encoder checks its variant against it on first use.
+    assert files == ["manifest.json", "reference/arrays.npz", "reference/cases.json", "textual/tokenizer.json",
+                     "visual/model.onnx", "visual/preprocessor_config.json"]
     items, rows, errors = read_shards(out)
     assert items == paths
     expected = single_process(tiny_bundle, [Path(p) for p in paths], tmp_path / "single.parquet")
