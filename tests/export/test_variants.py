@@ -139,11 +139,14 @@ def zero_shot_case(n_images: int, swaps: int, labels: int = 16) -> dict:
 
 
 def test_zero_shot_agreement_counts_only_confident_cases() -> None:
-    result = zero_shot_case(8, swaps=1)
-    assert result["confident_cases"] == 8 and result["agreement"] == pytest.approx(6 / 8)
+    images, swaps, labels = 8, 1, 16
+    result = zero_shot_case(images, swaps, labels)
+    assert result["confident_cases"] == images
+    assert result["agreement"] == pytest.approx((images - 2 * swaps) / images)  # each swap: 2 disagreements
     assert not result["gated"]  # 8 confident images: too few to decide anything
     cases = [Case(VISUAL, "images", {}), Case(TEXTUAL, "labels", {})]
-    flat = [{"image_embeds_norm": np.zeros((8, 16), np.float32)}, {"text_embeds_norm": np.eye(16, dtype=np.float32)}]
+    flat = [{"image_embeds_norm": np.zeros((images, labels), np.float32)},
+            {"text_embeds_norm": np.eye(labels, dtype=np.float32)}]
     assert zero_shot_agreement(cases, flat, flat, 100.0, PRECISIONS["int8"].gate)["agreement"] is None  # near-ties
 
 

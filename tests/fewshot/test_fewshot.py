@@ -32,6 +32,8 @@ skdata = pytest.importorskip("skimage.data")
 # Photos the tiny random model tells apart reasonably (astronaut and chelsea look alike to it).
 CLASSES = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "rocket")
 TRAIN_VIEWS = 10  # per class: 8 cached + 2 validation (the default 20 %)
+VALIDATION_VIEWS = 2
+CACHED_VIEWS = TRAIN_VIEWS - VALIDATION_VIEWS
 TEST_VIEWS = 8
 
 
@@ -155,15 +157,17 @@ def test_split_is_deterministic_disjoint_and_keeps_a_validation_image() -> None:
 def test_cache_holds_the_split_and_the_chosen_alpha_beta(adapter: TipAdapter, encoder: Encoder, views: Path) -> None:
     assert adapter.class_names == CLASSES
     assert adapter.labels == tuple(name.replace("_", " ") for name in CLASSES)
-    assert adapter.counts() == {name: {CACHE: 8, VALIDATION: 2} for name in CLASSES}
-    assert adapter.keys.shape == (40, 16) and adapter.values.shape == (40, 5) and adapter.classifier.shape == (5, 16)
+    assert adapter.counts() == {name: {CACHE: CACHED_VIEWS, VALIDATION: VALIDATION_VIEWS} for name in CLASSES}
+    cached, dim = len(CLASSES) * CACHED_VIEWS, encoder.embedding_dim
+    assert adapter.keys.shape == (cached, dim) and adapter.values.shape == (cached, len(CLASSES))
+    assert adapter.classifier.shape == (len(CLASSES), dim)
     np.testing.assert_allclose(np.linalg.norm(adapter.keys, axis=1), 1.0, atol=1e-5)
     assert adapter.logit_scale == pytest.approx(encoder.logit_scale)
-    assert len(adapter.content_hashes) == 50  # cached and validation images, all distinct
+    assert len(adapter.content_hashes) == len(CLASSES) * TRAIN_VIEWS  # cached and validation images, all distinct
     # alpha and beta come from the grid, and no grid point does better on the validation images.
     assert adapter.alpha in DEFAULT_ALPHAS and adapter.beta in DEFAULT_BETAS
     result = adapter.validation
-    assert result.images == 10 and result.alphas == DEFAULT_ALPHAS and result.betas == DEFAULT_BETAS
+    assert result.images == len(CLASSES) * VALIDATION_VIEWS and result.alphas == DEFAULT_ALPHAS and result.betas == DEFAULT_BETAS
     val = [views / "train" / image.path for image in adapter.images if image.split == VALIDATION]
     truth = np.array([CLASSES.index(image.class_name) for image in adapter.images if image.split == VALIDATION])
     features = encoder.encode_images(val)
@@ -201,7 +205,7 @@ def test_save_and_load_round_trip(adapter: TipAdapter, encoder: Encoder, views: 
     np.testing.assert_array_equal(loaded.logits(features), adapter.logits(features))
     assert loaded.predict(features) == adapter.predict(features)
     np.testing.assert_allclose(loaded.probabilities(features).sum(axis=1), 1.0, atol=1e-5)
-    assert np.load(path)["keys"].shape == (40, 16)  # a plain .npz for numpy too
+    assert np.load(path)["keys"].shape == (len(CLASSES) * CACHED_VIEWS, encoder.embedding_dim)  # a plain .npz too
     with pytest.raises(OutputError, match="already exists"):
         adapter.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]  # no temp files left behind
@@ -305,6 +309,7 @@ def test_cli_evaluate_refuses_images_from_the_cache(cli_cache: Path, tiny_bundle
                                                     tmp_path: Path) -> None:
     test = tmp_path / "test"
     shutil.copytree(views / "test", test)
+    tests = len(CLASSES) * TEST_VIEWS
     adapter = TipAdapter.load(cli_cache)
     cached = next(image for image in adapter.images if image.split == CACHE)
     shutil.copy(views / "train" / cached.path, test / cached.class_name / "renamed.jpg")
@@ -312,11 +317,11 @@ def test_cli_evaluate_refuses_images_from_the_cache(cli_cache: Path, tiny_bundle
     assert result.exit_code == 1 and result.stdout == ""
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1
-    assert f"renamed.jpg: same content as {cached.path} (cached image" in message and "1 of 41 test images" in message
+    assert f"renamed.jpg: same content as {cached.path} (cached image" in message and f"1 of {tests + 1} test images" in message
     validation = next(image for image in adapter.images if image.split == VALIDATION)
     shutil.copy(views / "train" / validation.path, test / "rocket" / "zz.jpg")  # even in another class
     result = run_cli("evaluate", tiny_bundle, test, "--fewshot", cli_cache)
-    assert result.exit_code == 1 and "2 of 42 test images" in result.stderr
+    assert result.exit_code == 1 and f"2 of {tests + 2} test images" in result.stderr
 
 
 def test_a_cache_from_another_bundle_is_refused(cli_cache: Path, tiny_bundle: Path, other_bundle: Path,
