@@ -1,6 +1,8 @@
 """Python source that a fresh interpreter runs first to make the export side unimportable: torch,
-transformers, sentencepiece and onnx behave as if they were not installed. The runtime-only tests
-(tests/core/test_torch_free.py, the service's in tests/serve) prepend it to what they run."""
+transformers, sentencepiece and onnx behave as if they were not installed. Every test that runs code
+without the export side prepends it to what it runs (tests/core/test_torch_free.py, the CLI's index and
+search, embed, image preprocessing, retrieval evaluation, the service); no test blocks those packages any
+other way. tests/core/test_seams.py reads the import statements (BLOCKED among them) instead."""
 
 BLOCKED = ("torch", "transformers", "sentencepiece", "onnx")
 

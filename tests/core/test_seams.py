@@ -1,5 +1,9 @@
 """The seams between the halves, read from the source: which modules import which, who touches the Encoder's
-insides. Standard library only (ast), so it runs in the torch-free environment too."""
+insides. Standard library only (ast), so it runs in the torch-free environment too.
+
+With tests/blocking.py's blocker (code run in a fresh interpreter where the export side cannot be imported,
+tests/core/test_torch_free.py and others), this is how the tests prove the runtime torch-free: every import
+statement of the runtime side, read here, and the paths that run, run there."""
 
 from __future__ import annotations
 
@@ -8,12 +12,15 @@ from pathlib import Path
 
 import altclip_onnx
 
+from ..blocking import BLOCKED
+
 PACKAGE = Path(altclip_onnx.__file__).resolve().parent
-EXPORT_SIDE = ("altclip_onnx.export", "altclip_onnx.convert")
+EXPORT_SIDE = ("altclip_onnx.export", "altclip_onnx.convert", *BLOCKED)
 # Everything a user runs after export. The CLI is the boundary: its export, convert and verify --model
 # commands import the export side inside themselves.
 RUNTIME_SIDE = ("__init__", "hub", "bundle", "files", "precisions", "errors", "models", "runtime", "search", "serve",
                 "fewshot", "distributed", "verification", "evaluation")
+CLI_BOUNDARY = ("model.py", "convert.py")  # export, convert, verify --model: the export side inside the command
 
 
 def module_name(path: Path) -> str:
@@ -48,12 +55,14 @@ def runtime_files() -> list[Path]:
     for top in RUNTIME_SIDE:
         folder = PACKAGE / top
         files += sorted(folder.rglob("*.py")) if folder.is_dir() else [PACKAGE / f"{top}.py"]
-    return files
+    return files + [path for path in sorted((PACKAGE / "cli").glob("*.py")) if path.name not in CLI_BOUNDARY]
 
 
-def test_the_runtime_side_imports_nothing_of_export_or_convert() -> None:
+def test_the_runtime_side_imports_nothing_of_the_export_side() -> None:
+    """Nor torch, transformers, sentencepiece or onnx: at module level or inside a function."""
     files = runtime_files()
     assert len(files) > 40 and all(f.is_file() for f in files)
+    assert PACKAGE / "cli" / "evaluate.py" in files and PACKAGE / "cli" / "model.py" not in files
     assert [problem for path in files for problem in export_side_imports(path)] == []
 
 

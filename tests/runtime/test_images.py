@@ -22,6 +22,7 @@ from altclip_onnx.errors import InputError
 from altclip_onnx.runtime import images
 from altclip_onnx.runtime.images import load_image, preprocess, preprocess_batch, to_rgb
 
+from ..blocking import BLOCK_EXPORT_SIDE, BLOCKED
 from ..cases import (
     CASES,
     OTHER_SPEC_CASES,
@@ -204,19 +205,13 @@ def test_draft_is_close_to_exact() -> None:
 
 def test_module_needs_neither_torch_nor_transformers() -> None:
     src = Path(images.__file__).resolve().parents[2]
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'transformers', 'torchvision'):\n"
-        "            raise ImportError('blocked ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+    code = BLOCK_EXPORT_SIDE + (
         "import numpy as np\n"
         "from altclip_onnx.bundle import ImageSpec\n"
         "from altclip_onnx.runtime.images import preprocess_batch\n"
         "out = preprocess_batch([np.zeros((30, 40, 3), np.uint8)], ImageSpec())\n"
         "assert out.shape == (1, 3, 224, 224)\n"
-        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]\n"
+        f"assert not [m for m, mod in sys.modules.items() if mod is not None and m.split('.')[0] in {BLOCKED!r}]\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)

@@ -21,6 +21,7 @@ from altclip_onnx.search import Index, ModelRecord
 from altclip_onnx.search.store import Entry
 from altclip_onnx.search.store.local import SQLITE_FILE
 
+from ..blocking import BLOCK_EXPORT_SIDE
 from ..photo_library import QUERY, images_in, photo, run_cli
 
 pytest.importorskip("skimage.data")
@@ -152,10 +153,8 @@ def test_search_cli_errors(tmp_path: Path, library: Path, tiny_bundle: Path) -> 
 
 # ------------------------------------------------------------------------------------- torch-free
 
-TORCH_FREE = r"""
-import contextlib, io, json, sys
-for name in ("torch", "transformers", "sentencepiece", "onnx"):
-    sys.modules[name] = None  # as if the [export] extra were not installed
+TORCH_FREE = BLOCK_EXPORT_SIDE + r"""
+import contextlib, io, json
 from altclip_onnx import cli
 
 out, err = io.StringIO(), io.StringIO()
@@ -165,13 +164,13 @@ with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         cli.main(sys.argv[1:], prog_name="altclip-onnx")
     except SystemExit as exc:
         code = exc.code or 0
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") and sys.modules[m])
+loaded = sorted(m for m, module in sys.modules.items() if module is not None and m.split(".")[0] in BLOCKED)
 print(json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "loaded": loaded}))
 """
 
 
 def cli_process(*args: object) -> dict:
-    """The CLI in a fresh interpreter where torch and transformers cannot be imported."""
+    """The CLI in a fresh interpreter where the export side (tests/blocking.py) cannot be imported."""
     done = subprocess.run([sys.executable, "-c", TORCH_FREE, *map(str, args)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr  # also catches a crash (e.g. a native library loaded in a bad order)
