@@ -18,27 +18,17 @@ from PIL import Image
 
 from altclip_onnx.cli import main
 from altclip_onnx.errors import MissingDependencyError, OutputError, StoreError, install_command
-from altclip_onnx.search import Hit, Index
+from altclip_onnx.search import Index
 from altclip_onnx.search.store import Entry, VectorStore, open_store
 from altclip_onnx.search.store import describe_db
 from altclip_onnx.search.store.postgres import SCHEMA_VERSION, PostgresStore
+
+from ..vectors import check_approximate_search, fill, low_rank
 
 from .server import PASSWORD, PgServer, free_port, pginstall_without_vector
 
 skdata = pytest.importorskip("skimage.data")
 SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def low_rank(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((n, 8)) @ rng.standard_normal((8, dim)) + 0.3 * rng.standard_normal((n, dim))
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-
-
-def fill(store: VectorStore, vectors: np.ndarray, start: int = 0, prefix: str = "/v/") -> list[str]:
-    paths = [f"{prefix}{i:05d}" for i in range(start, start + len(vectors))]
-    store.add([Entry(p, i, i, f"d{i}") for i, p in enumerate(paths, start)], vectors)
-    return paths
 
 
 def run_cli(*args: object):  # type: ignore[no-untyped-def]
@@ -87,13 +77,7 @@ def test_approximate_search_rerank_matches_exact(pg_uri: str) -> None:
     paths = fill(store, vectors)
     store.close()
     with Index.open(pg_uri) as index:
-        queries = low_rank(50, seed=1)
-        recall = np.mean([
-            len({h.path for h in index.search_vector(q, 10)} & {h.path for h in index.search_vector(q, 10, exact=True)})
-            for q in queries]) / 10
-        assert recall >= 0.95
-        for i in (0, 1234, 2999):
-            assert index.search_vector(vectors[i], 1)[0] == Hit(paths[i], pytest.approx(1.0, abs=1e-6))
+        check_approximate_search(index, vectors, paths)
         ids, found, stored = index.store.search(vectors[5], 80)
         assert len(ids) == len(found) == 80  # more candidates than pgvector's default ef_search (40)
 

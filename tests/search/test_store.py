@@ -17,19 +17,9 @@ from altclip_onnx.search import Hit, Index
 from altclip_onnx.search.store import Entry, VectorStore
 from altclip_onnx.search.store.local import ANN_FILE, SQLITE_FILE, LocalStore
 
+from ..vectors import check_approximate_search, fill, low_rank
+
 pytest.importorskip("usearch")
-
-
-def low_rank(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((n, 8)) @ rng.standard_normal((8, dim)) + 0.3 * rng.standard_normal((n, dim))
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-
-
-def fill(store: LocalStore, vectors: np.ndarray, start: int = 0) -> list[str]:
-    paths = [f"/v/{i:05d}" for i in range(start, start + len(vectors))]
-    store.add([Entry(p, i, i, f"d{i}") for i, p in enumerate(paths, start)], vectors)
-    return paths
 
 
 def test_store_approximate_search_rerank_matches_exact(tmp_path: Path) -> None:
@@ -40,13 +30,7 @@ def test_store_approximate_search_rerank_matches_exact(tmp_path: Path) -> None:
     paths = fill(store, vectors)
     store.close()
     with Index(LocalStore(tmp_path / "db")) as index:  # read-only: the graph is memory-mapped
-        queries = low_rank(50, seed=1)
-        recall = np.mean([
-            len({h.path for h in index.search_vector(q, 10)} & {h.path for h in index.search_vector(q, 10, exact=True)})
-            for q in queries]) / 10
-        assert recall >= 0.95
-        for i in (0, 1234, 2999):
-            assert index.search_vector(vectors[i], 1)[0] == Hit(paths[i], pytest.approx(1.0, abs=1e-6))
+        check_approximate_search(index, vectors, paths)
 
 
 def test_store_survives_a_crash_before_the_graph_is_written(tmp_path: Path) -> None:
