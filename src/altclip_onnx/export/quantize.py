@@ -11,8 +11,9 @@ benchmarks/README.md has both figures).
 
 Weights of the integer MatMuls are int8 per output column (symmetric), a finer grid than onnxruntime's one
 scale per tensor, and **pair-safe**: how CPUs without VNNI multiply sets their range. onnxruntime's u8s8 GEMM
-on AVX2 and AVX-512 without VNNI (and SSSE3) uses ``vpmaddubsw``, which adds the products of each pair of
-weights k, k+1 (k even, along the reduction axis) with their uint8 activations in a saturating int16. With
+on AVX2 without VNNI uses ``vpmaddubsw``, which adds the products of each pair of weights k, k+1 (k even,
+along the reduction axis) with their uint8 activations in a saturating int16 (its AVX-512 kernel without VNNI
+is built the same way; no emulator here runs AVX-512, so that one is untested; SSE4.2's kernel is exact). With
 activations as uint8 (1..255) and weights up to 127, a pair reached 2 * 255 * 127 = 64,770 and was clipped to
 32,767, so the same bundle gave other vectors there than on a VNNI CPU. So each column's scale makes the
 largest ``|w[k]| + |w[k+1]|`` over its even pairs 128 (and rounding never lets a pair pass it): a pair then
