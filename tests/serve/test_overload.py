@@ -179,3 +179,47 @@ def test_work_whose_deadline_passed_is_dropped_before_the_model(tiny_bundle: Pat
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Request-Timeout"
     finally:
         assert server.stop() == 0, server.log()
+
+
+ISOLATION_BOUND = 0.5  # seconds: docs/serve.md, "Overload"
+
+
+def test_an_image_burst_does_not_hold_back_texts_searches_or_health(tiny_bundle: Path, index_db: Path,
+                                                                    tmp_path: Path) -> None:
+    """The image tower slowed to 1 s per model call of at most 4 images; 12 image requests at once are 3 s of
+    queued work. Meanwhile, /health, a text embedding and a text search each answer within ISOLATION_BOUND
+    (every one of five rounds), and the burst is still being worked through when they have."""
+    server = slow_server(tiny_bundle, tmp_path, "--db", str(index_db), "--max-batch", "4", images=1.0)
+    image = data_uri(png(BIG[:200, :200]))
+    burst: list[httpx.Response] = []
+
+    def send() -> None:
+        burst.append(httpx.post(f"{server.url}/v1/embeddings", json={"input": image, "modality": "image"},
+                                timeout=60))
+
+    threads = [threading.Thread(target=send) for _ in range(12)]
+    try:
+        with server.client() as http:
+            assert http.get("/v1/search", params={"q": "warm-up"}).status_code == 200  # (both sessions ran)
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)
+            assert metric(server, 'altclip_queue_depth{tower="visual"}') > 0
+            slowest: dict[str, float] = {}
+            for i in range(5):
+                for name, call in (("health", lambda: http.get("/health")),
+                                   ("text", lambda: http.post("/v1/embeddings", json={"input": f"text {i}"})),
+                                   ("search", lambda: http.get("/v1/search", params={"q": f"query {i}", "k": 3}))):
+                    started = time.monotonic()
+                    answer = call()
+                    seconds = time.monotonic() - started
+                    assert answer.status_code == 200, answer.text
+                    slowest[name] = max(slowest.get(name, 0.0), seconds)
+            still_busy = sum(thread.is_alive() for thread in threads)
+        for thread in threads:
+            thread.join(60)
+    finally:
+        assert server.stop() == 0, server.log()
+    assert all(seconds < ISOLATION_BOUND for seconds in slowest.values()), slowest
+    assert still_busy > 0  # the answers above came while images were still queued
+    assert len(burst) == 12 and all(answer.status_code == 200 for answer in burst), [a.text for a in burst]

@@ -2,7 +2,9 @@
 thumbnails of its photos.
 
 The index's stores keep connections that belong to the thread that opened them (SQLite), so every
-call to the index runs in one dedicated thread; searches are short and queue there. A thumbnail is
+call to the index runs in one dedicated thread; searches are short and queue there. A PostgreSQL index whose
+connection was lost (the server restarted or failed over) is opened again by the next call, and a call that
+found it lost is run once more on the new connection: reads only, so repeating one is safe. A thumbnail is
 looked up by the row id of a search hit: the path comes from the index, never from the client.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,12 +22,14 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import StoreError
 from ..runtime.encoder import Encoder
 from ..runtime.images import to_rgb
 from ..search import Hit, Index
 from .errors import not_found
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class PhotoSearch:
@@ -32,6 +37,7 @@ class PhotoSearch:
 
     def __init__(self, db: str) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="altclip-index")
+        self.db = db
         try:
             self.index: Index = self._thread.submit(Index.open, db).result()
         except BaseException:
@@ -44,7 +50,29 @@ class PhotoSearch:
         return self._thread.submit(fn, *args, **kwargs).result()
 
     async def _async(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        """``fn(index, *args)`` in the index's thread (see the module docstring for a lost connection)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._read, fn, *args)
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._lost():
+            self._reopen()
+        try:
+            return fn(self.index, *args)
+        except StoreError:
+            if not self._lost():
+                raise
+            log.warning("%s: the connection to the index was lost; connecting again", self.name)
+            self._reopen()
+            return fn(self.index, *args)
+
+    def _lost(self) -> bool:
+        return bool(getattr(self.index.store, "lost", False))
+
+    def _reopen(self) -> None:
+        """The index opened again (a StoreError, answered 503, while its server is unreachable)."""
+        index = Index.open(self.db)
+        self.index.close()
+        self.index = index
 
     def encoder(self, bundle: str, *, provider: str | None, precision: str | None, threads: int | None,
                 **settings: bool) -> Encoder:
@@ -59,22 +87,22 @@ class PhotoSearch:
         return self.call(len, self.index)
 
     async def count(self) -> int:
-        return await self._async(len, self.index)
+        return await self._async(len)
 
     async def search(self, vector: np.ndarray, k: int) -> list[Hit]:
-        return await self._async(self.index.search_vector, vector, k)
+        return await self._async(Index.search_vector, vector, k)
 
     async def path_of(self, row_id: int) -> str | None:
-        return await self._async(self.index.path_of, row_id)
+        return await self._async(Index.path_of, row_id)
 
     async def vector_of(self, row_id: int) -> np.ndarray | None:
         """The stored vector of a row (to search for photos like an indexed one), or None."""
 
-        def lookup() -> np.ndarray | None:
-            path = self.index.path_of(row_id)
+        def lookup(index: Index) -> np.ndarray | None:
+            path = index.path_of(row_id)
             if path is None:
                 return None
-            entries, vectors = self.index.store.get([path])
+            entries, vectors = index.store.get([path])
             return vectors[0] if entries else None
 
         return await self._async(lookup)

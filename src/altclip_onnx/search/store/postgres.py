@@ -269,9 +269,8 @@ class PostgresStore:
 
     @property
     def info(self) -> dict[str, Any]:
-        values = {key: value for key, value in self._db.execute(f"SELECT key, value FROM {self._q}.info")}
-        row = self._db.execute(f"SELECT fingerprint, variant, source, embedding_dim, bundle, precision "
-                               f"FROM {self._q}.model").fetchone()
+        values = {key: value for key, value in self._execute(f"SELECT key, value FROM {self._q}.info")}
+        row = self._one(f"SELECT fingerprint, variant, source, embedding_dim, bundle, precision FROM {self._q}.model")
         if row is not None:
             fingerprint, variant, source, dim, bundle, precision = row
             if fingerprint is not None:
@@ -416,7 +415,7 @@ class PostgresStore:
             return [], [], np.empty((0, query.shape[0]), dtype=np.float32)
         ef = max(self.options.ef_search, count)
         if ef != self._ef:
-            self._db.execute(f"SET hnsw.ef_search = {int(ef)}")
+            self._execute(f"SET hnsw.ef_search = {int(ef)}")
             self._ef = ef
         rows = self._rows(f"SELECT id, path, embedding FROM {self._q}.images ORDER BY embedding <=> %s LIMIT %s",
                           (query, count))
@@ -449,6 +448,12 @@ class PostgresStore:
                 return
             self._build_hnsw()
             self._wrote = False
+
+    @property
+    def lost(self) -> bool:
+        """The connection was lost (the server restarted, failed over or ended it): open the store again to go
+        on (a long-running reader such as ``serve`` does so by itself)."""
+        return self._db is not None and bool(self._db.closed)
 
     def close(self) -> None:
         """Flush, then close the connection."""
@@ -555,11 +560,14 @@ class PostgresStore:
         except self._pg.OperationalError as exc:
             raise StoreError(f"{self.name}: {connection_problem(exc)}") from exc
 
-    def _one(self, query: str, args: Any = None) -> Any:
+    def _execute(self, query: str, args: Any = None) -> Any:
         try:
-            return self._db.execute(query, args).fetchone()
+            return self._db.execute(query, args)
         except self._pg.OperationalError as exc:
             raise StoreError(f"{self.name}: {connection_problem(exc)}") from exc
+
+    def _one(self, query: str, args: Any = None) -> Any:
+        return self._execute(query, args).fetchone()
 
     def _matrix(self, blobs: Sequence[bytes]) -> np.ndarray:
         if not blobs:
