@@ -248,9 +248,10 @@ class Encoder:
         """float32 [N, 3, S, S], equal to CLIPImageProcessor (PIL backend) on the same decoded image."""
         return preprocess_batch(as_list(images), self.manifest.image, draft=draft)
 
-    def encode_pixels(self, pixel_values: np.ndarray, *, normalize: bool = True) -> np.ndarray:
+    def encode_pixels(self, pixel_values: np.ndarray, *, normalize: bool = True, run_options: Any = None) -> np.ndarray:
+        """``run_options``: onnxruntime RunOptions for this run (e.g. the service's arena shrinkage)."""
         output = tower_output(VISUAL, normalized=normalize)
-        return self.session(VISUAL).run([output], {PIXEL_VALUES: pixel_values})[0]
+        return self.session(VISUAL).run([output], {PIXEL_VALUES: pixel_values}, run_options)[0]
 
     def encode_images(
         self,

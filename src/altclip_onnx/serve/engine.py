@@ -45,6 +45,7 @@ class Engine:
                               arriving=lambda: self.arrivals.waiting_for(VISUAL))
         self.arrivals.listen(self.texts.wake)
         self.arrivals.listen(self.images.wake)
+        self._shrink = _arena_shrinkage()
         self._classifiers: OrderedDict[Prompts, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -68,7 +69,10 @@ class Engine:
         return vectors, self.encoder.token_counts(texts)
 
     def _run_pixels(self, pixels: list[np.ndarray]) -> np.ndarray:
-        return self.encoder.encode_pixels(np.stack(pixels))
+        # The last batch of a burst (nothing queued behind it) hands onnxruntime's CPU arena back down to its
+        # first chunk: the arena otherwise keeps the largest batch's activations (hundreds of MB at full size).
+        shrink = self._shrink if self.images.depth == 0 else None
+        return self.encoder.encode_pixels(np.stack(pixels), run_options=shrink)
 
     # --- for requests (on the event loop) ---------------------------------------------------------
 
@@ -146,6 +150,15 @@ class _Observers:
     def queued(self, name: str, depth: int) -> None:
         if self.metrics is not None:
             self.metrics.queued(name, depth)
+
+
+def _arena_shrinkage() -> object:
+    """onnxruntime RunOptions that shrink the CPU memory arena after the run."""
+    import onnxruntime
+
+    options = onnxruntime.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 def _arrived(tower: str) -> None:
