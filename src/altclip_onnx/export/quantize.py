@@ -121,6 +121,7 @@ class _PerRowRewriter:
         self.matmuls = 0
         self.tables = 0
         self._quantized: dict[str, tuple[str, str]] = {}  # fp32 weight -> (int8 weight, scale)
+        self._rows: dict[str, tuple[str, str]] = {}  # MatMul input -> (its per-row scales, its rows as uint8)
         self._constants: dict[str, str] = {}
         self._constant_nodes: list[Any] = []
 
@@ -190,20 +191,26 @@ class _PerRowRewriter:
         x, out, prefix = node.input[0], node.output[0], node.name or f"matmul_{self.matmuls}"
         weight, weight_scale = self._int8_weight(node.input[1], gemm=True)
         one, zero_point = self._constant(1.0, np.float32), self._constant(128, np.uint8)
-        return [
-            self._reduce("ReduceMax", x, f"{prefix}_max", helper),
-            self._reduce("ReduceMin", x, f"{prefix}_min", helper),
-            helper.make_node("Neg", [f"{prefix}_min"], [f"{prefix}_neg_min"]),
-            # The smallest scale keeps a row of zeros at zero (0 / tiny) instead of 0 / 0.
-            helper.make_node("Max", [f"{prefix}_max", f"{prefix}_neg_min",
-                                     self._constant(float(TINY_SCALE) * ACTIVATION_LEVELS, np.float32)], [f"{prefix}_abs_max"]),
-            helper.make_node("Div", [f"{prefix}_abs_max", self._constant(float(ACTIVATION_LEVELS), np.float32)],
-                             [f"{prefix}_row_scale"]),
-            helper.make_node("Div", [x, f"{prefix}_row_scale"], [f"{prefix}_scaled"]),  # -127..127
-            helper.make_node("QuantizeLinear", [f"{prefix}_scaled", one, zero_point], [f"{prefix}_x_uint8"]),
-            helper.make_node("MatMulIntegerToFloat", [f"{prefix}_x_uint8", weight, one, weight_scale, zero_point],
+        nodes = []
+        if x not in self._rows:  # the Q, K and V projections read the same input: quantize its rows once
+            row = f"{prefix}_row"
+            self._rows[x] = (f"{row}_scale", f"{row}_uint8")
+            nodes = [
+                helper.make_node("Abs", [x], [f"{row}_abs"]),
+                self._reduce("ReduceMax", f"{row}_abs", f"{row}_abs_max", helper),
+                # The smallest scale keeps a row of zeros at zero (0 / tiny) instead of 0 / 0.
+                helper.make_node("Max", [f"{row}_abs_max", self._constant(float(TINY_SCALE) * ACTIVATION_LEVELS,
+                                                                          np.float32)], [f"{row}_nonzero_max"]),
+                helper.make_node("Div", [f"{row}_nonzero_max", self._constant(float(ACTIVATION_LEVELS), np.float32)],
+                                 [f"{row}_scale"]),
+                helper.make_node("Div", [x, f"{row}_scale"], [f"{row}_scaled"]),  # -127..127
+                helper.make_node("QuantizeLinear", [f"{row}_scaled", one, zero_point], [f"{row}_uint8"]),
+            ]
+        row_scale, x_uint8 = self._rows[x]
+        return nodes + [
+            helper.make_node("MatMulIntegerToFloat", [x_uint8, weight, one, weight_scale, zero_point],
                              [f"{prefix}_columns"], domain="com.microsoft"),
-            helper.make_node("Mul", [f"{prefix}_columns", f"{prefix}_row_scale"], [out], name=prefix),
+            helper.make_node("Mul", [f"{prefix}_columns", row_scale], [out], name=prefix),
         ]
 
     def _reduce(self, op: str, data: str, output: str, helper: Any) -> Any:
