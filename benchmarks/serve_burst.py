@@ -31,9 +31,7 @@ import contextlib
 import json
 import multiprocessing
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +44,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port, make_images  # noqa: E402  (the same photos and port helper)
+from serve_load import Server, goals_table, make_images, megabytes, memory_mb  # noqa: E402  (shared with the load benchmark)
 
 from altclip_onnx.runtime.doctor import cpu_summary  # noqa: E402
 
@@ -55,54 +53,6 @@ PEAK_GOAL_MB = 2.5 * 1024
 SETTLE_GOAL_MB = 300.0
 HEALTH_P99_MS = 100.0
 TEXT_P99_MS = 500.0
-
-
-def memory_mb(pid: int) -> tuple[float, float] | None:
-    """(VmRSS, VmHWM: the peak so far) of a process in MB; None once it is gone (Linux only)."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-class Server:
-    """``altclip-onnx serve`` in a subprocess on a free loopback port, its output in a file."""
-
-    def __init__(self, bundle: str, args: list[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(tempfile.mkstemp(prefix="serve-burst-", suffix=".log")[1])
-        env = dict(os.environ)
-        env.pop("ALTCLIP_API_KEY", None)
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "altclip_onnx.cli", "serve", bundle, "--host", "127.0.0.1", "--port",
-                 str(self.port), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited:\n{self.log.read_text(errors='replace')}")
-            try:
-                self.health = httpx.get(f"{self.url}/health", timeout=2).json()
-                return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        self.stop()
-        raise SystemExit("the server did not start within 300 s")
-
-    def memory(self) -> tuple[float, float] | None:
-        return memory_mb(self.process.pid)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 class Sampler(threading.Thread):
@@ -302,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                           "model": "m", "encoding_format": "base64"}).encode() for j in jpegs]
     server_args = ["--precision", args.precision, *[a for arg in args.server_arg for a in arg.split("=", 1)]]
     print(f"starting the server on {args.bundle} ...", file=sys.stderr)
-    server = Server(args.bundle, server_args)
+    server = Server(args.bundle, server_args, log=Path(tempfile.mkstemp(prefix="serve-burst-", suffix=".log")[1]),
+                    grace=90)
     sampler = Sampler(server.process.pid)
     try:
         warm_up(server.port, bodies[0])
@@ -406,10 +357,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"| {head['clients']} | {report['burst_seconds']:.1f} s | {kinds.get('ok', 0)} | {kinds.get('refused', 0)} | "
         f"{kinds.get('deadline', 0)} | {other} | {_s(report['ok_p50_s'])} / {_s(report['ok_max_s'])} | "
         f"{_ms(report['health_p50_ms'])} / {_ms(report['health_p99_ms'])} | {_ms(report['text_p50_ms'])} / "
-        f"{_ms(report['text_p99_ms'])} | {_mb(report['rss_before_mb'])} → {_mb(report['rss_peak_mb'])} → "
-        f"{_mb(report['rss_burst_end_mb'])} → {_mb(report['rss_after_settle_mb'])} |")
-    lines += ["", "| goal | measured | |", "|---|---|---|"]
-    lines += [f"| {g['goal']} | {g['measured']} | {'met' if g['met'] else 'missed'} |" for g in report["goals"]]
+        f"{_ms(report['text_p99_ms'])} | {megabytes(report['rss_before_mb'])} → {megabytes(report['rss_peak_mb'])} → "
+        f"{megabytes(report['rss_burst_end_mb'])} → {megabytes(report['rss_after_settle_mb'])} |")
+    lines += ["", *goals_table(report["goals"])]
     slow = {name: series for name, series in report["slow_probes"].items() if series}
     if slow:
         lines += ["", "probes over their goal (seconds after the burst began, ms): " + "; ".join(
@@ -427,10 +377,6 @@ def _ms(value: float | None) -> str:
 
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
-
-
-def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f} MB"
 
 
 if __name__ == "__main__":

@@ -66,15 +66,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def memory_mb(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM: the peak so far) of a process in MB; None once it is gone or off Linux."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def rss_mb(pid: int) -> float | None:
     """Resident memory of a process in MB (Linux; None elsewhere)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    memory = memory_mb(pid)
+    return None if memory is None else memory[0]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -105,20 +109,27 @@ def make_images(count: int, width: int, height: int) -> list[bytes]:
 
 
 class Server:
-    """``altclip-onnx serve`` in a subprocess on a free loopback port."""
+    """``altclip-onnx serve`` in a subprocess on a free loopback port; its output in ``log`` when given (a long
+    run's log would fill a pipe nobody reads), else its errors are shown if it fails to start."""
 
-    def __init__(self, bundle: str, args: list[str]) -> None:
+    def __init__(self, bundle: str, args: list[str], *, log: Path | None = None, grace: float = 60) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grace = grace
         env = dict(os.environ)
         env.pop("ALTCLIP_API_KEY", None)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "altclip_onnx.cli", "serve", bundle, "--host", "127.0.0.1", "--port",
-             str(self.port), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command = [sys.executable, "-m", "altclip_onnx.cli", "serve", bundle, "--host", "127.0.0.1", "--port",
+                   str(self.port), *args]
+        if log is None:
+            self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        else:
+            with log.open("wb") as out:
+                self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SystemExit(f"the server exited: {self.process.stderr.read().decode(errors='replace')}")  # type: ignore[union-attr]
+                output = log.read_bytes() if log is not None else self.process.stderr.read()  # type: ignore[union-attr]
+                raise SystemExit(f"the server exited: {output.decode(errors='replace')}")
             try:
                 self.health = httpx.get(f"{self.url}/health", timeout=2).json()
                 return
@@ -129,6 +140,9 @@ class Server:
 
     def rss(self) -> float | None:
         return rss_mb(self.process.pid)
+
+    def memory(self) -> tuple[float, float] | None:
+        return memory_mb(self.process.pid)
 
     def cpu(self) -> float | None:
         return cpu_seconds(self.process.pid)
@@ -147,7 +161,7 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(60)
+                self.process.wait(self.grace)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -252,7 +266,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"CPU: {head['cpu']}; bundle {head['bundle']} ({head['model']}, {head['embedding_dim']}-d, "
         f"{head['precision']}); --max-batch {head['max_batch']}, --max-wait-ms {head['max_wait_ms']}, "
         f"threads {head['threads'] or 'default'}; images {head['image_size']} JPEG; server RSS at start "
-        f"{_mb(report['rss_start_mb'])}, after everything {_mb(report['rss_end_mb'])}",
+        f"{megabytes(report['rss_start_mb'])}, after everything {megabytes(report['rss_end_mb'])}",
         "",
         "| input | clients | requests | errors | requests/s | p50 | p99 | mean batch | server CPU | server RSS before → after |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -261,11 +275,16 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {row['kind']} | {row['clients']} | {row['requests']} | {row['errors']} | {row['requests_per_s']:.1f} | "
             f"{_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {row['mean_batch']:.1f} | {_cores(row['server_cores'])} | "
-            f"{_mb(row['rss_before_mb'])} → {_mb(row['rss_after_mb'])} |")
+            f"{megabytes(row['rss_before_mb'])} → {megabytes(row['rss_after_mb'])} |")
     if report["goals"]:
-        lines += ["", "| goal | measured | |", "|---|---|---|"]
-        lines += [f"| {g['goal']} | {g['measured']} | {'met' if g['met'] else 'missed'} |" for g in report["goals"]]
+        lines += ["", *goals_table(report["goals"])]
     return "\n".join(lines)
+
+
+def goals_table(goals: list[dict[str, Any]]) -> list[str]:
+    """The goals as Markdown table lines: goal, measured, met or missed."""
+    return ["| goal | measured | |", "|---|---|---|",
+            *(f"| {g['goal']} | {g['measured']} | {'met' if g['met'] else 'missed'} |" for g in goals)]
 
 
 def _ms(value: float | None) -> str:
@@ -276,7 +295,8 @@ def _cores(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} cores"
 
 
-def _mb(value: float | None) -> str:
+def megabytes(value: float | None) -> str:
+    """A size in MB for a table, "-" when unknown."""
     return "-" if value is None else f"{value:.0f} MB"
 
 
