@@ -107,8 +107,12 @@ def write_reference(bundle: Path, reference: StoredReference) -> list[str]:
     return list(REFERENCE_FILES)
 
 
-def read_reference(bundle: str | os.PathLike[str], manifest: Manifest) -> StoredReference:
-    """The reference stored in ``bundle``; :class:`BundleError` in one line for a bundle without one."""
+def read_reference(bundle: str | os.PathLike[str], manifest: Manifest, *, towers: tuple[str, ...] = (VISUAL, TEXTUAL),
+                   quick_only: bool = False) -> StoredReference:
+    """The reference stored in ``bundle``; :class:`BundleError` in one line for a bundle without one.
+
+    ``towers`` and ``quick_only`` keep only those cases: the first-use check reads just its own, so it does not
+    unpack and normalize all the images for two cases of one tower."""
     from ..runtime.images import normalize
 
     folder = Path(bundle)
@@ -119,13 +123,16 @@ def read_reference(bundle: str | os.PathLike[str], manifest: Manifest) -> Stored
             f"{folder} --model SOURCE' (the [export] extra: {install_command('export')})")
     try:
         described = json.loads((folder / REFERENCE_CASES).read_text(encoding="utf-8"))
-        with np.load(folder / REFERENCE_ARRAYS, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
         if described.get("format") != FORMAT:
             raise ValueError(f"reference format {described.get('format')!r}, this altclip-onnx reads {FORMAT}")
+        wanted = [(i, data) for i, data in enumerate(described["cases"])
+                  if data["tower"] in towers and (data["quick"] or not quick_only)]
+        with np.load(folder / REFERENCE_ARRAYS, allow_pickle=False) as stored:  # a zip: only what is asked is read
+            arrays = {name: stored[name] for name in stored.files
+                      if name == IMAGES or name.split("/")[0] in {str(i) for i, _ in wanted}}
         images = arrays[IMAGES]
         cases, outputs = [], []
-        for i, data in enumerate(described["cases"]):
+        for i, data in wanted:
             tower = data["tower"]
             if tower == VISUAL:
                 rows = tuple(int(r) for r in data["rows"])

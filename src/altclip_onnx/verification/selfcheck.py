@@ -160,7 +160,7 @@ def ensure_verified(bundle: Path, manifest: Manifest, tower: str, precision: str
     if recorded(bundle, manifest, key):
         return
     started = time.perf_counter()
-    reference = read_reference(bundle, manifest)
+    reference = read_reference(bundle, manifest, towers=(tower,), quick_only=True)
     rows, failures, _, _ = check_precision(reference, precision, lambda _tower: session,
                                            logit_scale=manifest.logit_scale, towers=(tower,), quick=True)
     seconds = time.perf_counter() - started
