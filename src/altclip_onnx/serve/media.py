@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from ..bundle import ImageSpec
@@ -70,7 +71,11 @@ def image_bytes(value: object, where: str) -> bytes:
 
 
 def _b64decode(payload: str, where: str) -> bytes:
-    raw = "".join(payload.split()).encode("ascii", "replace")
+    try:  # the common case, plain padded base64, in one strict SIMD pass (the standard library's is 10x slower)
+        return pybase64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    raw = "".join(payload.split()).encode("ascii", "replace")  # line breaks, URL-safe letters, missing padding
     if not _BASE64.match(raw):
         raise bad_request(f"{where}: not valid base64 (send a data URI or base64 text)", where)
     raw += b"=" * (-len(raw) % 4)
