@@ -4,6 +4,7 @@ before the model. Servers here run the real model path, slowed down (``SLOW``) w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -223,3 +224,66 @@ def test_an_image_burst_does_not_hold_back_texts_searches_or_health(tiny_bundle:
     assert all(seconds < ISOLATION_BOUND for seconds in slowest.values()), slowest
     assert still_busy > 0  # the answers above came while images were still queued
     assert len(burst) == 12 and all(answer.status_code == 200 for answer in burst), [a.text for a in burst]
+
+
+def test_a_large_image_request_is_refused_before_its_json_is_parsed(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Image model calls take 2 s (learned from a first request), so with one image in hand --max-queue-seconds
+    1 has no room for another. A large body that asks for images ("modality": "image" after 128 KB of input) is
+    then refused, 429 overloaded with Retry-After, before its JSON is parsed: its JSON is broken, which parsing
+    would answer with a 400. The same body asking for texts is parsed (400), and a large text request is
+    answered meanwhile: the early refusal is the image tower's alone."""
+    server = slow_server(tiny_bundle, tmp_path, "--max-queue-seconds", "1", images=2.0)
+    image = data_uri(png(BIG[:200, :200]))
+    filler = "x" * (128 * 1024)
+    broken = ('{"input": "' + filler + '" "no comma", "modality": "image"}').encode()
+    in_flight: list[httpx.Response] = []
+    sender = threading.Thread(target=lambda: in_flight.append(httpx.post(
+        f"{server.url}/v1/embeddings", json={"input": image, "modality": "image"}, timeout=60)))
+    try:
+        with server.client() as http:
+            assert http.post("/v1/embeddings", json={"input": image, "modality": "image"}).status_code == 200
+            sender.start()
+            time.sleep(0.3)
+            json_headers = {"Content-Type": "application/json"}
+            refused = http.post("/v1/embeddings", content=broken, headers=json_headers)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "overloaded" and int(refused.headers["retry-after"]) >= 1
+            parsed = http.post("/v1/embeddings", content=broken.replace(b'"image"', b'"text"'), headers=json_headers)
+            assert parsed.status_code == 400 and "not valid JSON" in parsed.json()["error"]["message"], parsed.text
+            texts = [f"{i} " + "a long text " * 400 for i in range(16)]  # 77 KB of JSON
+            answered = http.post("/v1/embeddings", json={"input": texts})
+            assert answered.status_code == 200 and len(answered.json()["data"]) == len(texts), answered.text
+            assert sender.is_alive()  # all of the above while the image was in hand
+        sender.join(30)
+        assert in_flight and in_flight[0].status_code == 200, in_flight
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_texts_from_64_clients_fill_the_model_calls(tiny_bundle: Path, tmp_path: Path) -> None:
+    """What text throughput under load rests on (issue 17, point 7: 64 clients reach at least 80% of the text
+    tower's own throughput at batch 32, measured by benchmarks/serve_load.py): 64 clients each sending one text
+    at a time, the next when answered, with model calls slowed to 0.5 s (longer than this test's client takes to
+    send 64 requests), get model calls that carry on average at least 80% of --max-batch 32 texts."""
+    clients, rounds, max_batch = 64, 8, 32
+    server = slow_server(tiny_bundle, tmp_path, "--max-batch", str(max_batch), texts=0.5)
+
+    async def client(http: httpx.AsyncClient, c: int) -> list[int]:
+        return [(await http.post("/v1/embeddings", json={"input": f"client {c} round {r}"})).status_code
+                for r in range(rounds)]
+
+    async def load() -> list[list[int]]:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as http:
+            return await asyncio.gather(*(client(http, c) for c in range(clients)))
+
+    try:
+        texts, calls = (metric(server, f'altclip_batch_size_{part}{{tower="textual"}}') for part in ("sum", "count"))
+        statuses = asyncio.run(load())
+        texts = metric(server, 'altclip_batch_size_sum{tower="textual"}') - texts
+        calls = metric(server, 'altclip_batch_size_count{tower="textual"}') - calls
+    finally:
+        assert server.stop() == 0, server.log()
+    assert [s for row in statuses for s in row] == [200] * (clients * rounds)
+    assert texts == clients * rounds
+    assert texts / calls >= 0.8 * max_batch, (texts, calls)

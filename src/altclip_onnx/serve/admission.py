@@ -95,9 +95,8 @@ class Gate:
     def retry_after(self) -> float:
         return self.wait()
 
-    @contextlib.contextmanager
-    def admit(self, inputs: int) -> Iterator[None]:
-        """Hold ``inputs`` of this tower's capacity for the block, or raise the 429 that refuses them."""
+    def check(self, inputs: int) -> None:
+        """Raise the 429 that :meth:`admit` would raise for ``inputs`` now, without holding anything."""
         if self.admitted:
             if self.admitted + inputs > self.max_inputs:
                 raise overloaded(f"the {self.name} model has {self.admitted:,} inputs in hand, at most "
@@ -107,6 +106,11 @@ class Gate:
             if wait > limit:
                 raise overloaded(f"the {self.name} model has {wait:.1f} s of work in hand, more than "
                                  f"{limit:.1f} s", self.retry_after())
+
+    @contextlib.contextmanager
+    def admit(self, inputs: int) -> Iterator[None]:
+        """Hold ``inputs`` of this tower's capacity for the block, or raise the 429 that refuses them."""
+        self.check(inputs)
         self.admitted += inputs
         try:
             yield

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..search import Hit
 from .arrivals import Ticket
 from .admission import HeldBytes, expired
 from .batcher import Closed, Expired
+from .engine import Engine
 from .errors import ApiError, bad_request, not_found, unsupported_media
 from .media import check_media_type, image_bytes
 from .middleware import (
@@ -53,7 +55,9 @@ log = logging.getLogger(__name__)
 
 _SQLITE_MAX_ID = 2**63 - 1
 _BIG_JSON = 200_000  # numbers in a response above which it is serialized off the event loop
-_BIG_BASE64 = 1 << 20  # characters of base64 in a request above which they are decoded off the event loop
+_BIG_INPUT = 1 << 16  # bytes of JSON, or characters of base64, above which they are decoded off the event loop
+_IMAGE_MODALITY = re.compile(rb'"modality"\s*:\s*"image"')
+_PEEK = 4096  # bytes at each end of a large body looked at for its modality
 
 
 def create_app(service: Service) -> Starlette:
@@ -147,17 +151,30 @@ def _is_form(request: Request) -> bool:
     return _media_type(request) == "multipart/form-data"
 
 
-async def _read_json(request: Request, *, form_too: bool = False) -> dict[str, Any]:
+async def _read_json(engine: Engine, request: Request, *, form_too: bool = False) -> dict[str, Any]:
+    return await _parse_json(engine, await _json_body(request, form_too=form_too))
+
+
+async def _json_body(request: Request, *, form_too: bool = False) -> bytes:
     kind = _media_type(request)
     if kind and kind != "application/json" and not kind.endswith("+json"):
         also = " or a multipart/form-data upload" if form_too else ""
         raise unsupported_media(f"send JSON (Content-Type: application/json){also}, not {kind}")
-    body = await request.body()
+    return await request.body()
+
+
+def _asks_for_images(body: bytes) -> bool:
+    """Whether a large JSON body says ``"modality": "image"`` near its start or end (where a request's small
+    fields are). Only JSON's own syntax can match: a string value cannot hold an unescaped quote."""
+    return any(_IMAGE_MODALITY.search(part) for part in (body[:_PEEK], body[-_PEEK:]))
+
+
+async def _parse_json(engine: Engine, body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise bad_request("the request body is empty; send a JSON object")
     try:
-        if len(body) > 65536:
-            data = await asyncio.get_running_loop().run_in_executor(None, json.loads, body)
+        if len(body) > _BIG_INPUT:
+            data = await engine.off_loop(json.loads, body)
         else:
             data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -227,13 +244,13 @@ def _images_from_json(value: object, name: str) -> list[tuple[bytes, str]]:
     return [(image_bytes(item, f"{name}[{i}]"), f"{name}[{i}]") for i, item in enumerate(value)]
 
 
-async def _images_from_json_off_loop(value: object, name: str) -> list[tuple[bytes, str]]:
+async def _images_from_json_off_loop(engine: Engine, value: object, name: str) -> list[tuple[bytes, str]]:
     """:func:`_images_from_json`, in a thread when there is much base64 to decode (the event loop stays free)."""
     size = len(value) if isinstance(value, str) else sum(len(v) for v in value if isinstance(v, str)) \
         if isinstance(value, list) else 0
-    if size < _BIG_BASE64:
+    if size < _BIG_INPUT:
         return _images_from_json(value, name)
-    return await asyncio.get_running_loop().run_in_executor(None, _images_from_json, value, name)
+    return await engine.off_loop(_images_from_json, value, name)
 
 
 async def _form(request: Request) -> FormData:
@@ -267,13 +284,13 @@ def _form_texts(form: FormData, name: str) -> list[str]:
     return [str(v) for v in values]
 
 
-async def _json_response(payload: dict[str, Any], numbers: int) -> Response:
+async def _json_response(engine: Engine, payload: dict[str, Any], numbers: int) -> Response:
     """JSON as Starlette writes it, serialized in a thread when large (a big batch of embeddings)."""
 
     def render() -> bytes:
         return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
-    body = await asyncio.get_running_loop().run_in_executor(None, render) if numbers > _BIG_JSON else render()
+    body = await engine.off_loop(render) if numbers > _BIG_JSON else render()
     return Response(body, media_type="application/json")
 
 
@@ -313,7 +330,12 @@ class _Api:
             return await self._search(request, ticket)
 
     async def _embeddings(self, request: Request, ticket: Ticket) -> Response:
-        data = await _read_json(request)
+        body = await _json_body(request)
+        if len(body) > _BIG_INPUT and _asks_for_images(body):
+            # Refused before its JSON is parsed when the image model has no room: in a burst of photos, parsing
+            # bodies only to refuse them would hold the GIL the event loop needs for everything else.
+            self.engine.gates[VISUAL].check(1)
+        data = await _parse_json(self.engine, body)
         modality = data.get("modality", "text")
         if modality not in ("text", "image"):
             raise bad_request(f"modality must be \"text\" or \"image\", not {json.dumps(modality)}", "modality")
@@ -335,13 +357,13 @@ class _Api:
             vectors, tokens = await self.engine.embed_texts(texts)
             used = int(tokens.sum())
         else:
-            vectors = await self.engine.embed_images(await _images_from_json_off_loop(data["input"], "input"))
+            vectors = await self.engine.embed_images(await _images_from_json_off_loop(self.engine, data["input"], "input"))
             used = 0  # images are not counted in tokens
         self.service.metrics.inputs.labels(modality).inc(len(vectors))
         rows = [{"object": "embedding", "index": i, "embedding": _encode(v, encoding)} for i, v in enumerate(vectors)]
         payload = {"object": "list", "data": rows, "model": self.service.model_name,
                    "usage": {"prompt_tokens": used, "total_tokens": used}}
-        return await _json_response(payload, vectors.size if encoding == "float" else 0)
+        return await _json_response(self.engine, payload, vectors.size if encoding == "float" else 0)
 
     async def _classify(self, request: Request, ticket: Ticket) -> Response:
         if _is_form(request):
@@ -353,11 +375,11 @@ class _Api:
                                   "labels")
             templates = [t for t in _form_texts(form, "template") if t.strip()] or None
         else:
-            data = await _read_json(request, form_too=True)
+            data = await _read_json(self.engine, request, form_too=True)
             if "input" not in data:
                 raise bad_request("input is missing: send an image (a data URI or base64) or an array of them",
                                   "input")
-            images = await _images_from_json_off_loop(data["input"], "input")
+            images = await _images_from_json_off_loop(self.engine, data["input"], "input")
             if "labels" not in data:
                 raise bad_request("labels is missing: send an array of labels", "labels")
             labels = _strings(data["labels"], "labels", "label", MAX_LABELS, allow_one=False)
@@ -405,7 +427,7 @@ class _Api:
                 image = (await _images_from_form(form, "image"))[0]
             query = text
         else:
-            data = await _read_json(request, form_too=True)
+            data = await _read_json(self.engine, request, form_too=True)
             k = _integer(data.get("k", 10), "k", 1, MAX_K)
             given = [name for name in ("query", "image", "id") if data.get(name) is not None]
             if len(given) != 1:
@@ -419,7 +441,7 @@ class _Api:
                 if not isinstance(data["image"], str):
                     raise bad_request(f"image must be a data URI or base64 text, not {_type_name(data['image'])}",
                                       "image")
-                image = (await _images_from_json_off_loop(data["image"], "image"))[0]
+                image = (await _images_from_json_off_loop(self.engine, data["image"], "image"))[0]
             else:
                 row = _integer(data["id"], "id", 0, _SQLITE_MAX_ID)
         ticket.expect(*([TEXTUAL] if query is not None else [VISUAL] if image is not None else []))

@@ -11,19 +11,22 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
 from ..bundle import TEXTUAL, VISUAL
 from ..runtime.encoder import Encoder, Prompts
-from . import admission
+from . import admission, priority
 from .admission import Gate
 from .arrivals import Arrivals, current
 from .batcher import Batcher, BatchObserver
 from .media import check_request_pixels, image_pixels
 from ..serve_options import ServeOptions
+
+T = TypeVar("T")
 
 
 class Engine:
@@ -32,7 +35,12 @@ class Engine:
     def __init__(self, encoder: Encoder, options: ServeOptions, observer: BatchObserver | None = None) -> None:
         self.encoder = encoder
         self.options = options
-        self.decoder = ThreadPoolExecutor(options.workers, thread_name_prefix="altclip-decode")
+        # Request bodies (JSON, base64, image headers) are parsed in one thread: parsing holds the GIL, and
+        # with several parsing threads the event loop would wait its turn behind all of them.
+        self.parsing = ThreadPoolExecutor(1, thread_name_prefix="altclip-parse")
+        # image work runs at a lower CPU priority than the event loop and the text tower (see .priority)
+        self.decoder = ThreadPoolExecutor(options.workers, thread_name_prefix="altclip-decode",
+                                          initializer=priority.lower_this_thread)
         self.arrivals = Arrivals()
         self.gates = {TEXTUAL: Gate(TEXTUAL, max_inputs=options.max_queued_texts, max_seconds=options.max_queue_seconds),
                       VISUAL: Gate(VISUAL, max_inputs=options.max_queued_images, max_seconds=options.max_queue_seconds,
@@ -41,8 +49,9 @@ class Engine:
         wait = options.max_wait_ms / 1000
         self.texts = Batcher(TEXTUAL, self._run_texts, max_batch=options.max_batch, max_wait=wait, observer=observer,
                              arriving=lambda: self.arrivals.waiting_for(TEXTUAL))
-        self.images = Batcher(VISUAL, self._run_pixels, max_batch=options.max_batch, max_wait=wait, observer=observer,
-                              arriving=lambda: self.arrivals.waiting_for(VISUAL))
+        self.images = priority.lowering_new_threads(lambda: Batcher(
+            VISUAL, self._run_pixels, max_batch=options.max_batch, max_wait=wait, observer=observer,
+            arriving=lambda: self.arrivals.waiting_for(VISUAL)))
         self.arrivals.listen(self.texts.wake)
         self.arrivals.listen(self.images.wake)
         self._shrink = _arena_shrinkage()
@@ -52,7 +61,7 @@ class Engine:
     def load(self) -> None:
         """Load both sessions and the tokenizer now (once), so the first request does not pay for it and a
         broken bundle, or one that fails its first-use check here, fails at start-up."""
-        self.encoder.session(VISUAL)
+        priority.lowering_new_threads(lambda: self.encoder.session(VISUAL))  # its onnxruntime thread pool
         self.encoder.session(TEXTUAL)
         self.encoder.tokenizer  # noqa: B018  (loads it)
 
@@ -61,6 +70,11 @@ class Engine:
         self.texts.close()
         self.images.close()
         self.decoder.shutdown(wait=True)
+        self.parsing.shutdown(wait=True)
+
+    async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in the parsing thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.parsing, fn, *args)
 
     # --- what the worker threads run --------------------------------------------------------------
 
@@ -88,8 +102,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         spec, limit = self.encoder.manifest.image, self.options.max_pixels
         param = images[0][1].split("[")[0] if images else "input"
-        # headers only, in the default executor: a queue of decoding never delays a refusal
-        await loop.run_in_executor(None, check_request_pixels, images, limit, self.options.max_request_pixels, param)
+        # headers only, in the parsing thread: a queue of decoding never delays a refusal
+        await self.off_loop(check_request_pixels, images, limit, self.options.max_request_pixels, param)
         tasks = [loop.run_in_executor(self.decoder, self._decode_one, data, spec, limit, where, admission.deadline())
                  for data, where in images]
         try:
