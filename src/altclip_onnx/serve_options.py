@@ -27,13 +27,16 @@ MB = 1024 * 1024
 
 
 def default_held_bytes() -> int:
-    """Bytes of request bodies held at once by default: a sixteenth of this machine's memory, 64..256 MB. A body
-    costs about three times its size while its request runs (the body, its parsed JSON, the decoded bytes)."""
+    """Bytes of request bodies held at once by default: 32 MB, or a sixteenth of this machine's memory when that
+    is less (8 MB at least). A body costs about three times its size while its request runs (the body, its
+    parsed JSON, the decoded bytes). More than 32 MB rarely helps: the one event loop reads every body held,
+    and in a burst what it reads beyond what the image tower can take in time is refused anyway, after
+    delaying everything else (measured in benchmarks/README.md, "Burst")."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         memory = 4096 * MB
-    return int(min(256 * MB, max(64 * MB, memory // 16)))
+    return int(min(32 * MB, max(8 * MB, memory // 16)))
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ MB = 1024 * 1024
               help="Seconds requests in flight may take to finish after SIGTERM; then each gets a 503.")
 @click.option("--max-held-mb", type=float, default=None,
               help="Request bodies (over 64 KB) held at once; a larger body is refused (429) unread "
-                   "[default: 1/16 of memory, 64..256 MB].")
+                   "[default: 32 MB, or 1/16 of memory when less].")
 @click.option("--max-queue-seconds", type=float, default=ServeOptions.max_queue_seconds, show_default=True,
               help="Seconds of work, at the model's measured speed, each tower takes on; more is refused (429).")
 @click.option("--request-timeout", type=float, default=ServeOptions.request_timeout, show_default=True,
