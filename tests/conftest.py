@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import onnxruntime  # noqa: F401  before any test module imports usearch, whose wheels (2.26.2+) crash
 import pytest  # onnxruntime's initialization when loaded first (see altclip_onnx.search.store.local)
 
+from altclip_onnx.bundle import VERIFIED_RECORD
 from altclip_onnx.runtime import Encoder
 
 from .reference import Reference
@@ -117,6 +119,33 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture
+def read_only_bundle(tiny_bundle: Path, tmp_path: Path) -> Iterator[Path]:
+    """A copy of the tiny bundle nothing can be written into: a read-only bind mount as root (root ignores
+    permission bits), mode 0555 folders otherwise."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_bundle, source, ignore=shutil.ignore_patterns(VERIFIED_RECORD))
+    folders = [source, *(p for p in source.rglob("*") if p.is_dir())]
+    if os.geteuid() != 0:
+        for folder in folders:
+            folder.chmod(0o555)
+        yield source
+        for folder in folders:
+            folder.chmod(0o755)
+        return
+    target = tmp_path / "read-only"
+    target.mkdir()
+    for command in (["mount", "--bind", str(source), str(target)], ["mount", "-o", "remount,ro,bind", str(target)]):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", str(target)], capture_output=True)
+            pytest.skip(f"running as root without permission to mount a read-only folder: {done.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
 
 
 # ---------------------------------------------------------------- PostgreSQL, for the index behaviour tests

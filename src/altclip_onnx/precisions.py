@@ -16,6 +16,8 @@ from .errors import InputError
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
+#: OpenVINO's own runtime (the ``[openvino]`` extra), used in place of onnxruntime; not an onnxruntime provider.
+OPENVINO_RUNTIME = "OpenVINORuntime"
 
 #: Every variant must give the same vector for an input alone and inside any batch (cosine, per row).
 BATCH_INVARIANCE_MIN_COSINE = 0.99999

@@ -14,7 +14,7 @@ from altclip_onnx.cli import main
 from altclip_onnx.cli.app import display_width, table
 
 COMMANDS = ["bench", "classify", "convert", "doctor", "embed", "embed-text", "evaluate classification",
-            "evaluate retrieval", "export", "fewshot build", "index", "push", "search", "serve", "verify"]
+            "evaluate retrieval", "export", "fewshot build", "index", "push", "search", "serve", "tune", "verify"]
 GROUPS = ("evaluate", "fewshot")
 
 

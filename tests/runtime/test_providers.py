@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from altclip_onnx.errors import BundleError, InputError
-from altclip_onnx.precisions import CPU
+from altclip_onnx.precisions import CPU, OPENVINO_RUNTIME
 from altclip_onnx.runtime.providers import (
     PREFERENCE,
     SHORT_NAMES,
@@ -29,7 +29,9 @@ CPU_ONLY = ["AzureExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_short_names_cover_every_preferred_provider():
-    assert set(SHORT_NAMES.values()) == set(PREFERENCE)
+    # and OpenVINO's own runtime, which auto never takes without a tune profile
+    assert set(SHORT_NAMES.values()) == {*PREFERENCE, OPENVINO_RUNTIME}
+    assert OPENVINO_RUNTIME not in choose_providers([*CPU_ONLY, OPENVINO_RUNTIME])
     assert PREFERENCE[-1] == CPU
 
 

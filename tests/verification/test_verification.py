@@ -11,15 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from altclip_onnx import Encoder, VerificationError
-from altclip_onnx.bundle import (MANIFEST, REFERENCE_FILES, TEXTUAL, VERIFIED_RECORD, VISUAL, FileEntry,
-                                 read_manifest)
+from altclip_onnx.bundle import (MANIFEST, REFERENCE_FILES, TEXTUAL, VERIFIED_RECORD, VISUAL, read_manifest)
 from altclip_onnx.files import hash_file
 from altclip_onnx.precisions import PRECISIONS
 from altclip_onnx.verification import selfcheck, verify_bundle
@@ -163,32 +161,6 @@ def test_first_use_check_runs_once_per_place(tiny_bundle: Path, tmp_path: Path, 
     monkeypatch.setattr(selfcheck, "cpu_identity", lambda: other_cpu)
     Encoder(bundle, precision="int8").encode_texts(["four"])  # another CPU: checked again
     assert ran == ["int8", "fp32", "int8"]
-
-
-@pytest.fixture
-def read_only_bundle(tiny_bundle: Path, tmp_path: Path) -> Iterator[Path]:
-    """A copy of the tiny bundle nothing can be written into: a read-only bind mount as root (root ignores
-    permission bits), mode 0555 folders otherwise."""
-    source = copy_bundle(tiny_bundle, tmp_path / "source")
-    folders = [source, *(p for p in source.rglob("*") if p.is_dir())]
-    if os.geteuid() != 0:
-        for folder in folders:
-            folder.chmod(0o555)
-        yield source
-        for folder in folders:
-            folder.chmod(0o755)
-        return
-    target = tmp_path / "read-only"
-    target.mkdir()
-    for command in (["mount", "--bind", str(source), str(target)], ["mount", "-o", "remount,ro,bind", str(target)]):
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            subprocess.run(["umount", str(target)], capture_output=True)
-            pytest.skip(f"running as root without permission to mount a read-only folder: {done.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=False)
 
 
 def test_a_read_only_bundle_records_in_the_user_cache(read_only_bundle: Path, tmp_path: Path,

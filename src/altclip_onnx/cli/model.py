@@ -1,4 +1,4 @@
-"""Commands about a bundle itself: export, verify, bench, doctor."""
+"""Commands about a bundle itself: export, verify, bench, tune, doctor."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 
 from ..bundle import DEFAULT_OPSET, TextSpec
 from ..precisions import EXPORTED_BY_DEFAULT
+from ..runtime.tune import TuneSettings
 from .app import (
     bundle_argument,
     friendly_errors,
@@ -143,6 +144,33 @@ def bench(bundle: str, precisions: tuple[str, ...], threads: int | None, provide
     click.echo(result.to_json() if as_json else result.format_markdown())
     if output is not None:
         click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@bundle_argument
+@click.option("--provider", "providers", multiple=True, metavar="P[,P...]",
+              help="Providers to try: cpu, cuda, tensorrt, coreml, openvino, directml, openvino-runtime; "
+                   "comma-separated or repeated [default: every one available here].")
+@precisions_option(None, "Precisions to try [default: all in the bundle].")
+@threads_option
+@click.option("--repeats", type=click.IntRange(1), default=TuneSettings.repeats, show_default=True,
+              help="Interleaved rounds per batch size.")
+@json_option("Print the choice and every candidate's speed as JSON.")
+@friendly_errors
+def tune(bundle: str, providers: tuple[str, ...], precisions: tuple[str, ...], threads: int | None, repeats: int,
+         as_json: bool) -> None:
+    """Find the fastest verified provider and precision per tower on this machine, for precision auto.
+
+    Every candidate (provider x precision x tower) is first checked against the PyTorch reference the
+    bundle carries; those that pass are timed interleaved at 1 and 8 images, 1 and 32 texts. The choice is
+    recorded for this CPU, GPU and runtime (beside the bundle, or in the user's cache when the bundle is
+    read-only), and precision auto follows it from then on: Encoder, every command, serve.
+    """
+    from ..runtime.tune import tune_bundle
+
+    settings = TuneSettings.parse(providers, precisions, threads=threads, repeats=repeats)
+    result = tune_bundle(bundle, settings, progress=step_printer())
+    click.echo(result.to_json() if as_json else result.format_markdown())
 
 
 @main.command()

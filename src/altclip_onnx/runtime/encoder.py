@@ -19,7 +19,8 @@ from ..bundle import (PIXEL_VALUES, TEXTUAL, TOKENIZER, VISUAL, Manifest, ModelI
 from ..errors import BundleError, InputError
 from ..precisions import AUTO, PRECISION_NAMES, auto_order
 from .images import ImageInput, preprocess_batch
-from .providers import choose_providers, make_session
+from .profile import tuned_choice
+from .providers import choose_providers, make_session, resolve_provider_name
 from ..verification.selfcheck import ensure_verified
 from .text import check_texts, load_tokenizer, tokenize
 
@@ -162,9 +163,18 @@ class Encoder:
         self.threads = threads
         self.self_check = self_check
         self.spinning = spinning
-        self.precisions = {
-            tower: pick_precision(self.manifest, tower, precision, self.providers[0]) for tower in (VISUAL, TEXTUAL)
-        }
+        self.precisions: dict[str, str] = {}
+        self.tower_providers: dict[str, str | None] = {}  # what each tower's session is made with
+        tuned = tuned_choice(self.bundle, self.manifest) if precision == AUTO else None
+        wanted = None if provider is None or provider.strip().lower() == AUTO else resolve_provider_name(provider)
+        self.tuned: tuple[str, ...] = ()  # the towers following the profile
+        for tower in (VISUAL, TEXTUAL):
+            if tuned is not None and wanted in (None, tuned[tower][0]):
+                self.tower_providers[tower], self.precisions[tower] = tuned[tower]
+                self.tuned += (tower,)
+            else:
+                self.tower_providers[tower] = provider
+                self.precisions[tower] = pick_precision(self.manifest, tower, precision, self.providers[0])
         self.max_length = self.manifest.text.max_length if max_length is None else max_length
         if not 3 <= self.max_length <= self.manifest.text.model_max_length:
             raise InputError(f"max_length must be 3..{self.manifest.text.model_max_length}, not {self.max_length}")
@@ -179,8 +189,12 @@ class Encoder:
     def __repr__(self) -> str:
         return (
             f"Encoder({str(self.bundle)!r}, variant={self.manifest.variant!r}, dim={self.embedding_dim}, "
-            f"providers={self.providers}, precisions={self.precisions})"
+            f"providers={self.providers}, precisions={self.precisions}, tuned={self.tuned})"
         )
+
+    def provider_of(self, tower: str) -> str:
+        """The provider ``tower`` runs on first (its fallback is the CPU): the profile's, else the first chosen."""
+        return self.tower_providers[tower] if tower in self.tuned else self.providers[0]  # type: ignore[return-value]
 
     @property
     def embedding_dim(self) -> int:
@@ -202,7 +216,7 @@ class Encoder:
         if tower not in self._sessions:
             precision = self.precisions[tower]
             variant = self.manifest.towers[tower][precision]
-            session = make_session(self.bundle / variant.path, provider=self.provider, threads=self.threads,
+            session = make_session(self.bundle / variant.path, provider=self.tower_providers[tower], threads=self.threads,
                                    spinning=self.spinning)
             if self.self_check:
                 ensure_verified(self.bundle, self.manifest, tower, precision, session)

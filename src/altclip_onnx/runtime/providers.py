@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BundleError, InputError
-from ..precisions import AUTO, CPU
+from ..precisions import AUTO, CPU, OPENVINO_RUNTIME
 
 if TYPE_CHECKING:
     import onnxruntime
+
+    from .openvino_runtime import OpenVINOSession
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ SHORT_NAMES: dict[str, str] = {
     "openvino": "OpenVINOExecutionProvider",
     "directml": "DmlExecutionProvider",
     "cpu": CPU,
+    "openvino-runtime": OPENVINO_RUNTIME,
 }
 
 # --------------------------------------------------------------------------- provider choice
@@ -56,7 +59,7 @@ def resolve_provider_name(name: str) -> str:
     lowered = cleaned.lower()
     if lowered in SHORT_NAMES:
         return SHORT_NAMES[lowered]
-    for full in PREFERENCE:
+    for full in (*PREFERENCE, OPENVINO_RUNTIME):
         if lowered == full.lower():
             return full
     if cleaned.endswith("ExecutionProvider") and len(cleaned) > len("ExecutionProvider"):
@@ -68,16 +71,38 @@ def resolve_provider_name(name: str) -> str:
     )
 
 
+def openvino_runtime_available() -> bool:
+    """Whether OpenVINO's own runtime (the ``[openvino]`` extra) can be imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def available_providers() -> list[str]:
+    """What can run a graph here: onnxruntime's providers (those this project knows, best first), then
+    OpenVINO's own runtime when it is installed."""
+    import onnxruntime
+
+    present = onnxruntime.get_available_providers()
+    known = [p for p in PREFERENCE if p in present]
+    return [*known, OPENVINO_RUNTIME] if openvino_runtime_available() else known
+
+
 def choose_providers(available: Sequence[str], requested: str | None = None) -> list[str]:
     """The providers to hand onnxruntime, best first, always ending with the CPU fallback.
 
     ``requested`` None or ``"auto"``: the available providers in ``PREFERENCE`` order.
     Otherwise the requested provider (short or full name) then CPU; it must be available.
+    ``openvino-runtime`` (OpenVINO's own runtime, not an onnxruntime provider) stands alone: ``[OpenVINORuntime]``.
     """
     if requested is None or requested.strip().lower() == AUTO:
         chosen = [p for p in PREFERENCE if p in available and p != CPU]
         return [*chosen, CPU]
     provider = resolve_provider_name(requested)
+    if provider == OPENVINO_RUNTIME:
+        if not openvino_runtime_available():
+            raise InputError("provider openvino-runtime needs OpenVINO's runtime: pip install 'altclip-onnx[openvino]'")
+        return [OPENVINO_RUNTIME]
     if provider not in available:
         listed = ", ".join(available) or "none"
         raise InputError(
@@ -135,8 +160,9 @@ def make_session(
     provider: str | None = None,
     threads: int | None = None,
     spinning: bool = True,
-) -> onnxruntime.InferenceSession:
-    """Load ``model_path`` with the chosen providers (``provider`` None means ``"auto"``).
+) -> onnxruntime.InferenceSession | OpenVINOSession:
+    """Load ``model_path`` with the chosen providers (``provider`` None means ``"auto"``); with
+    ``openvino-runtime``, compile it with OpenVINO's own runtime behind the same ``run`` interface.
 
     Raises ``InputError`` for an unknown or unavailable provider and ``BundleError`` (one line
     naming the file) when onnxruntime cannot load the model.
@@ -147,6 +173,10 @@ def make_session(
     providers = choose_providers(onnxruntime.get_available_providers(), provider)
     if not path.is_file():
         raise BundleError(f"cannot load ONNX model {path}: the file does not exist")
+    if providers == [OPENVINO_RUNTIME]:
+        from .openvino_runtime import OpenVINOSession
+
+        return OpenVINOSession(path, threads=threads)
     options = session_options(threads, spinning=spinning)
     if "DmlExecutionProvider" in providers:
         # DirectML supports neither memory patterns nor parallel execution.

@@ -83,6 +83,8 @@ class Service:
             "embedding_dim": encoder.embedding_dim,
             "precision": dict(encoder.precisions),
             "providers": list(encoder.providers),
+            "tower_providers": {tower: encoder.provider_of(tower) for tower in encoder.precisions},
+            "tuned": list(encoder.tuned),
             "search": self.search is not None,
             "max_batch": self.options.max_batch,
         }

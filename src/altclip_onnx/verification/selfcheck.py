@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..bundle import Manifest, read_record, write_record
+from ..bundle import VERIFIED_RECORD, Manifest, read_record, write_record
 from ..errors import VerificationError
 from ..files import write_json
 from .check import check_precision
@@ -117,30 +117,42 @@ def _cache_file(manifest: Manifest) -> Path:
     return user_cache() / f"{manifest.fingerprint()[:32]}.json"
 
 
-def recorded(bundle: Path, manifest: Manifest, key: str) -> bool:
-    if key in read_record(bundle, SECTION):
-        return True
+def lookup(bundle: Path, manifest: Manifest, key: str, section: str = SECTION) -> Any:
+    """The entry recorded under ``key`` in ``section``, beside the bundle or in the user's cache; None if none."""
+    entry = read_record(bundle, section).get(key)
+    if entry is not None:
+        return entry
     try:
-        return key in json.loads(_cache_file(manifest).read_text(encoding="utf-8")).get(SECTION, {})
+        return json.loads(_cache_file(manifest).read_text(encoding="utf-8")).get(section, {}).get(key)
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
 
 
-def record(bundle: Path, manifest: Manifest, key: str, verdict: dict[str, Any]) -> None:
-    """Keep a pass beside the bundle, else in the user's cache, else nowhere (checked again next time)."""
-    entries = {**read_record(bundle, SECTION), key: verdict}
-    if write_record(bundle, SECTION, entries):
-        return
+def recorded(bundle: Path, manifest: Manifest, key: str) -> bool:
+    return lookup(bundle, manifest, key) is not None
+
+
+def record(bundle: Path, manifest: Manifest, key: str, verdict: dict[str, Any], section: str = SECTION) -> Path | None:
+    """Keep an entry beside the bundle, else in the user's cache, else nowhere (checked again next time);
+    where it went."""
+    entries = {**read_record(bundle, section), key: verdict}
+    if write_record(bundle, section, entries):
+        return bundle / VERIFIED_RECORD
     path = _cache_file(manifest)
     try:
-        cached = json.loads(path.read_text(encoding="utf-8")).get(SECTION, {})
-    except (OSError, ValueError, AttributeError):
-        cached = {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    cached = data.get(section) if isinstance(data.get(section), dict) else {}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"format": 1, "bundle": str(bundle), SECTION: {**cached, key: verdict}})
+        write_json(path, {**data, "format": 1, "bundle": str(bundle), section: {**cached, key: verdict}})
     except Exception as exc:  # noqa: BLE001  (a cache that cannot be written only costs a check next time)
         log.debug("%s: not recorded (%s)", path, exc)
+        return None
+    return path
 
 
 def ensure_verified(bundle: Path, manifest: Manifest, tower: str, precision: str, session: Any) -> None:
