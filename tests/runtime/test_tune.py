@@ -7,6 +7,7 @@ knows which one must win."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -180,6 +181,10 @@ def test_openvino_runtime_candidates_match_the_reference_within_their_gates(tiny
             assert np.min(np.sum(ours * theirs, axis=1)) >= PRECISIONS[precision].gate.min_cosine
     result = tune_bundle(bundle, TuneSettings(repeats=2, precisions=("int8",)), save=False)
     assert {c.provider for c in result.candidates if c.verified} == {"CPUExecutionProvider", "OpenVINORuntime"}
+    # The full verification (every gate, batch independence) runs under it too, and names OpenVINO's build.
+    verified = cli("verify", str(bundle), "--provider", "openvino-runtime")
+    assert verified.returncode == 0, verified.stderr
+    assert re.search(r"checked on: OpenVINORuntime, openvino \d", verified.stdout)
 
 
 def test_serve_follows_the_profile(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

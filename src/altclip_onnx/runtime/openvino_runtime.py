@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle import TOWER_INPUTS, TOWER_OUTPUTS
 from ..errors import BundleError
 from ..precisions import OPENVINO_RUNTIME
 
@@ -26,6 +27,16 @@ class Port:
     """What onnxruntime's ``NodeArg`` offers that callers read: the name."""
 
     name: str
+
+
+_BUNDLE_NAMES = frozenset(name for names in (*TOWER_INPUTS.values(), *TOWER_OUTPUTS.values()) for name in names)
+
+
+def _port(port: Any) -> Port:
+    """A port by the name the bundle's contract gives it: OpenVINO keeps every name a tensor had in the ONNX
+    graph (a graph input feeding a Cast is also the Cast's output), and any of them may come first."""
+    names = port.get_names()
+    return Port(next((name for name in sorted(names) if name in _BUNDLE_NAMES), port.get_any_name()))
 
 
 class OpenVINOSession:
@@ -48,8 +59,8 @@ class OpenVINOSession:
         except Exception as error:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             detail = " ".join(str(error).split())[:300]
             raise BundleError(f"cannot load ONNX model {path} with OpenVINO's runtime: {detail}") from error
-        self._inputs = [Port(port.get_any_name()) for port in self._compiled.inputs]
-        self._outputs = [Port(port.get_any_name()) for port in self._compiled.outputs]
+        self._inputs = [_port(port) for port in self._compiled.inputs]
+        self._outputs = [_port(port) for port in self._compiled.outputs]
         self._local = threading.local()
 
     def get_providers(self) -> list[str]:

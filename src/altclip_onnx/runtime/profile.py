@@ -28,8 +28,9 @@ def machine() -> dict[str, Any]:
     """What a timing depends on besides the graphs: the runtime build, the CPU and the GPUs."""
     from .providers import available_providers
 
-    return {"runtime": runtime_identity(), "cpu": cpu_identity(), "gpu": gpu_identity(),
-            "providers": available_providers()}
+    providers = available_providers()
+    runtimes = sorted({runtime_identity(p) for p in providers} | {runtime_identity()})
+    return {"runtime": runtimes, "cpu": cpu_identity(), "gpu": gpu_identity(), "providers": providers}
 
 
 def profile_key(manifest: Manifest, place: dict[str, Any]) -> str:

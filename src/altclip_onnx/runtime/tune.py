@@ -85,7 +85,7 @@ class TuneResult:
     def format_markdown(self) -> str:
         cpu = self.machine["cpu"]
         lines = [f"{self.bundle}: {cpu['model'] or cpu['machine']} [{', '.join(cpu['features']) or 'features unknown'}], "
-                 f"{self.machine['runtime']}, threads: {self.settings.threads or 'default'}", ""]
+                 f"{', '.join(self.machine['runtime'])}, threads: {self.settings.threads or 'default'}", ""]
         for tower in TOWERS:
             batches = TUNED_BATCHES[tower]
             header = ["provider", "precision", "verified here", *(f"batch {b} ({UNITS[tower]})" for b in batches), ""]

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..bundle import VERIFIED_RECORD, Manifest, read_record, write_record
 from ..errors import VerificationError
+from ..precisions import CPU, OPENVINO_RUNTIME
 from ..files import write_json
 from .check import check_precision
 from .reference import has_reference, read_reference
@@ -71,8 +72,14 @@ def gpu_identity() -> list[str]:
     return names
 
 
-def runtime_identity() -> str:
-    """Which onnxruntime build runs (the package name tells CPU, GPU and OpenVINO flavours apart)."""
+def runtime_identity(provider: str | None = None) -> str:
+    """Which runtime build runs: OpenVINO's for its own runtime, else onnxruntime's (the package name tells
+    CPU, GPU and OpenVINO flavours apart)."""
+    if provider == OPENVINO_RUNTIME:
+        try:
+            return f"openvino {metadata.version('openvino')}"
+        except metadata.PackageNotFoundError:
+            return "openvino"
     import onnxruntime
 
     for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
@@ -87,8 +94,8 @@ def runtime_identity() -> str:
 
 def where(provider: str) -> dict[str, Any]:
     """Everything a verdict depends on besides the variant's files: provider, runtime, CPU, GPU."""
-    place: dict[str, Any] = {"provider": provider, "runtime": runtime_identity(), "cpu": cpu_identity()}
-    if provider != "CPUExecutionProvider":
+    place: dict[str, Any] = {"provider": provider, "runtime": runtime_identity(provider), "cpu": cpu_identity()}
+    if provider not in (CPU, OPENVINO_RUNTIME):
         place["gpu"] = gpu_identity()
     return place
 
