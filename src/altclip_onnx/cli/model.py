@@ -154,11 +154,13 @@ def bench(bundle: str, precisions: tuple[str, ...], threads: int | None, provide
 @precisions_option(None, "Precisions to try [default: all in the bundle].")
 @threads_option
 @click.option("--repeats", type=click.IntRange(1), default=TuneSettings.repeats, show_default=True,
-              help="Interleaved rounds per batch size.")
+              help="Interleaved rounds per tower and batch size.")
+@click.option("--budget", type=click.FloatRange(0, min_open=True), default=TuneSettings.budget_s, show_default=True,
+              help="Seconds per tower and batch size after which rounds stop (at least 3 run).")
 @json_option("Print the choice and every candidate's speed as JSON.")
 @friendly_errors
 def tune(bundle: str, providers: tuple[str, ...], precisions: tuple[str, ...], threads: int | None, repeats: int,
-         as_json: bool) -> None:
+         budget: float, as_json: bool) -> None:
     """Find the fastest verified provider and precision per tower on this machine, for precision auto.
 
     Every candidate (provider x precision x tower) is first checked against the PyTorch reference the
@@ -168,7 +170,7 @@ def tune(bundle: str, providers: tuple[str, ...], precisions: tuple[str, ...], t
     """
     from ..runtime.tune import tune_bundle
 
-    settings = TuneSettings.parse(providers, precisions, threads=threads, repeats=repeats)
+    settings = TuneSettings.parse(providers, precisions, threads=threads, repeats=repeats, budget_s=budget)
     result = tune_bundle(bundle, settings, progress=step_printer())
     click.echo(result.to_json() if as_json else result.format_markdown())
 

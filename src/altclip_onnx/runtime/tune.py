@@ -36,9 +36,12 @@ UNITS = {VISUAL: "images/s", TEXTUAL: "texts/s"}
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """``providers`` / ``precisions`` empty: every provider available here / every variant in the bundle."""
+    """``providers`` / ``precisions`` empty: every provider available here / every variant in the bundle.
+    ``budget_s``: seconds per tower and batch size after which timing stops at the end of a round (at least
+    three rounds run): full-size fp32 towers at batch 8 take seconds a call on small CPUs."""
 
     repeats: int = 10
+    budget_s: float = 60.0
     threads: int | None = None
     tokens: int = 16
     providers: tuple[str, ...] = ()
@@ -201,9 +204,12 @@ def _time(runners: dict[tuple[str, str, str], Runner], rows: list[Candidate], ma
         started = time.perf_counter()
         run(one)
         first[key] = time.perf_counter() - started
-    # per batch size: warm-up + repeats calls, each about batch times a single call
-    estimate = sum(t * b * (1 + settings.repeats) for key, t in first.items() for b in TUNED_BATCHES[key[0]])
     steps = [(tower, batch) for tower in TOWERS for batch in TUNED_BATCHES[tower]]
+    # per step: warm-up + repeats rounds (fewer past the budget), each call about batch times a single call
+    estimate = 0.0
+    for tower, batch in steps:
+        round_s = sum(t * batch for key, t in first.items() if key[0] == tower)
+        estimate += round_s * (1 + min(settings.repeats, max(3, settings.budget_s // max(round_s, 1e-9))))
     progress(f"timing {len(runners)} verified candidates at {len(steps)} tower and batch sizes: {about(estimate)}")
     for step, (tower, batch) in enumerate(steps, 1):
         group = {key: run for key, run in runners.items() if key[0] == tower}
@@ -212,7 +218,7 @@ def _time(runners: dict[tuple[str, str, str], Runner], rows: list[Candidate], ma
         progress(f"[{step}/{len(steps)}] the {tower} tower at batch {batch}: {len(group)} candidates")
         data = inputs(tower, batch)
         medians = interleaved_medians({key: (lambda run=run: run(data)) for key, run in group.items()},
-                                      repeats=settings.repeats)
+                                      repeats=settings.repeats, budget_s=settings.budget_s)
         for row in rows:
             key = (row.tower, row.provider, row.precision)
             if key in medians and row.batch == batch:
