@@ -151,7 +151,7 @@ def test_ctrl_c_stops_tune_at_once_and_records_nothing(tiny_bundle: Path, tmp_pa
                                 "--repeats", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None
-        while "timing" not in (line := process.stderr.readline()):
+        while "verified candidates at" not in (line := process.stderr.readline()):
             assert line, "tune ended before timing"
         time.sleep(0.5)
         process.send_signal(signal.SIGINT)

@@ -149,9 +149,16 @@ def tune_bundle(bundle: str | os.PathLike[str], settings: TuneSettings = TuneSet
             raise InputError(f"provider {provider} is not available here (available: {', '.join(present)}); "
                              "run 'altclip-onnx doctor' to see how to install it")
     run_options = onnxruntime.RunOptions()
+    rows: list[Candidate] = []
+    refused: dict[str, str] = {}
     with stop_on_ctrl_c(run_options):
-        runners, rows, refused = _load_and_check(bundle, manifest, providers, settings, run_options, progress)
-        _time(runners, rows, manifest, settings, progress)
+        for tower in TOWERS:  # one tower's sessions at a time: all of a full-size bundle's would take 10 GB
+            runners, tower_rows, tower_refused = _load_and_check(bundle, manifest, tower, providers, settings,
+                                                                 run_options, progress)
+            _time(runners, tower_rows, manifest, settings, progress)
+            rows += tower_rows
+            refused.update(tower_refused)
+            del runners
     result = TuneResult(bundle, settings, machine(), rows, choose(rows), refused)
     if save:
         result.saved = save_profile(bundle, manifest, result.profile())
@@ -161,14 +168,16 @@ def tune_bundle(bundle: str | os.PathLike[str], settings: TuneSettings = TuneSet
 Runner = Callable[[dict[str, Any]], Any]
 
 
-def _load_and_check(bundle: Path, manifest: Manifest, providers: list[str], settings: TuneSettings, run_options: Any,
-                    progress: Callable[[str], None]) -> tuple[dict[tuple[str, str, str], Runner], list[Candidate], dict[str, str]]:
-    """Every candidate loaded and held against the reference: runners of the verified ones, a row per
-    candidate and batch size, and why each refused one was refused."""
-    wanted = [(tower, provider, precision) for tower in TOWERS for provider in providers
-              for precision in manifest.precisions(tower) if not settings.precisions or precision in settings.precisions]
-    progress(f"loading {len(wanted)} candidates ({len(providers)} providers) and checking each against the "
-             "bundle's PyTorch reference; how long the timing takes follows one call of each (Ctrl-C stops)")
+def _load_and_check(bundle: Path, manifest: Manifest, tower: str, providers: list[str], settings: TuneSettings,
+                    run_options: Any, progress: Callable[[str], None]
+                    ) -> tuple[dict[tuple[str, str, str], Runner], list[Candidate], dict[str, str]]:
+    """Every candidate of ``tower`` loaded and held against the reference: runners of the verified ones, a
+    row per candidate and batch size, and why each refused one was refused."""
+    wanted = [(tower, provider, precision) for provider in providers for precision in manifest.precisions(tower)
+              if not settings.precisions or precision in settings.precisions]
+    progress(f"{tower} tower: loading {len(wanted)} candidates ({len(providers)} providers) and checking each "
+             "against the bundle's PyTorch reference; how long the timing takes follows one call of each "
+             "(Ctrl-C stops)")
     runners: dict[tuple[str, str, str], Runner] = {}
     rows: list[Candidate] = []
     refused: dict[str, str] = {}
@@ -204,17 +213,16 @@ def _time(runners: dict[tuple[str, str, str], Runner], rows: list[Candidate], ma
         started = time.perf_counter()
         run(one)
         first[key] = time.perf_counter() - started
-    steps = [(tower, batch) for tower in TOWERS for batch in TUNED_BATCHES[tower]]
+    towers = [tower for tower in TOWERS if any(key[0] == tower for key in runners)]
+    steps = [(tower, batch) for tower in towers for batch in TUNED_BATCHES[tower]]
     # per step: warm-up + repeats rounds (fewer past the budget), each call about batch times a single call
     estimate = 0.0
     for tower, batch in steps:
         round_s = sum(t * batch for key, t in first.items() if key[0] == tower)
         estimate += round_s * (1 + min(settings.repeats, max(3, settings.budget_s // max(round_s, 1e-9))))
-    progress(f"timing {len(runners)} verified candidates at {len(steps)} tower and batch sizes: {about(estimate)}")
+    progress(f"timing {len(runners)} verified candidates at {len(steps)} batch sizes: {about(estimate)}")
     for step, (tower, batch) in enumerate(steps, 1):
         group = {key: run for key, run in runners.items() if key[0] == tower}
-        if not group:
-            continue
         progress(f"[{step}/{len(steps)}] the {tower} tower at batch {batch}: {len(group)} candidates")
         data = inputs(tower, batch)
         medians = interleaved_medians({key: (lambda run=run: run(data)) for key, run in group.items()},
