@@ -16,7 +16,10 @@ Usage::
     python benchmarks/serve_burst.py BUNDLE [--precision int8] [--clients 1000] [--image-size 4000x3000]
         [--deadline 60] [--settle 30] [--server-arg=--max-held-mb=256 ...] [--json results.json]
 
-Prints a Markdown table with the CPU (and the goals); exit status 1 when a goal is missed. The clients run in
+Prints a Markdown table with the CPU (and the goals), then the burst second by second (from its start: the
+server's and this load generator's CPU in cores, the answers that came, the probes' worst latency); exit status 1
+when a goal is missed. ``--json`` has every probe as (seconds after the burst began when sent, ms) and the CPU
+seconds the server and the load generator (clients and probes) used during the burst. The clients run in
 this process (asyncio, a minimal HTTP/1.1 client); they share the machine with the server. Bounded: every
 client gives up after its deadline plus 60 s, and the whole burst after ``--limit`` seconds.
 Needs the [serve] extra and httpx; scikit-image for the photo.
@@ -31,6 +34,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -44,7 +48,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import Server, goals_table, make_images, megabytes, memory_mb  # noqa: E402  (shared with the load benchmark)
+from serve_load import Server, cpu_seconds, goals_table, make_images, megabytes, memory_mb  # noqa: E402  (shared with the load benchmark)
 
 from altclip_onnx.runtime.doctor import cpu_summary  # noqa: E402
 
@@ -55,21 +59,50 @@ HEALTH_P99_MS = 100.0
 TEXT_P99_MS = 500.0
 
 
+def own_cpu_seconds() -> float:
+    """CPU time (user + system, all threads) this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float | None:
+    """CPU time one thread of a process has used so far (Linux; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU time every process on the machine has used so far (Linux: /proc/stat; None elsewhere)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
 class Sampler(threading.Thread):
-    """The server's RSS every 50 ms, as (seconds since start, MB)."""
+    """The server's RSS every 50 ms, as (seconds since start, MB), and the CPU seconds used so far by the server
+    and by this process, as (seconds since start, server, this process)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.samples: list[tuple[float, float]] = []
+        self.cpu: list[tuple[float, float, float]] = []
         self.started = time.monotonic()
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
-            memory = memory_mb(self.pid)
+            memory, cpu = memory_mb(self.pid), cpu_seconds(self.pid)
+            at = time.monotonic() - self.started
             if memory is not None:
-                self.samples.append((time.monotonic() - self.started, memory[0]))
+                self.samples.append((at, memory[0]))
+            if cpu is not None:
+                self.cpu.append((at, cpu, own_cpu_seconds()))
             self.done.wait(0.05)
 
 
@@ -119,6 +152,7 @@ async def exchange(port: int, head: bytes, body: bytes | memoryview, timeout: fl
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
     result["seconds"] = time.perf_counter() - started
+    result["ended"] = time.time()
     return result
 
 
@@ -154,14 +188,14 @@ async def probe(port: int, stop: asyncio.Event, path: str, body: bytes | None, e
                 times: list[float], failures: list[str]) -> None:
     """``path`` every ``every`` seconds until ``stop``: latencies in ms (and what failed)."""
     while not stop.is_set():
-        started = time.perf_counter()
+        started, sent = time.perf_counter(), time.time()
         if body is None:
             head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
             result = await exchange(port, head, b"", 30)
         else:
             result = await exchange(port, request_head(path, len(body), 30), body, 30)
         if result["status"] == 200:
-            times.append((time.time(), 1000 * result["seconds"]))  # (when it was answered, ms)
+            times.append((sent, time.time(), 1000 * result["seconds"]))  # (when sent, when answered, ms)
         else:
             failures.append(f"{result['status']} {result['error'] or result['body'][:120]!r}")
         with contextlib.suppress(asyncio.TimeoutError):
@@ -170,9 +204,10 @@ async def probe(port: int, stop: asyncio.Event, path: str, body: bytes | None, e
 
 def probes(port: int, stop: Any, out: Any) -> None:
     """The probes, in a process of their own (the clients' event loop would delay them): until ``stop`` is set,
-    then (health ms, text ms, failures) into ``out``."""
+    then (health, text, failures, the CPU seconds this process used probing) into ``out``."""
 
     async def run() -> None:
+        cpu = own_cpu_seconds()
         done = asyncio.Event()
         health: list[float] = []
         texts: list[float] = []
@@ -184,12 +219,13 @@ def probes(port: int, stop: Any, out: Any) -> None:
             await asyncio.sleep(0.05)
         done.set()
         await asyncio.gather(*tasks)
-        out.put((health, texts, failures))
+        out.put((health, texts, failures, own_cpu_seconds() - cpu))
 
     asyncio.run(run())
 
 
-async def burst(port: int, bodies: list[bytes], clients: int, deadline: float, limit: float) -> dict[str, Any]:
+async def burst(port: int, bodies: list[bytes], clients: int, deadline: float, limit: float,
+                server_pid: int) -> dict[str, Any]:
     """``clients`` image requests at once, with the probes running until the last one is answered."""
     context = multiprocessing.get_context("spawn")
     stop, out = context.Event(), context.Queue()
@@ -197,6 +233,8 @@ async def burst(port: int, bodies: list[bytes], clients: int, deadline: float, l
     prober.start()
     await asyncio.sleep(1.0)  # (the probe process starting)
     heads = {len(b): request_head("/v1/embeddings", len(b), deadline) for b in bodies}
+    server_cpu, own_cpu, machine_cpu = cpu_seconds(server_pid), own_cpu_seconds(), machine_cpu_seconds()
+    loop_cpu = thread_cpu_seconds(server_pid, server_pid)  # the server's main thread: its event loop
     started, began = time.perf_counter(), time.time()
     tasks = [asyncio.ensure_future(exchange(port, heads[len(bodies[i % len(bodies)])], bodies[i % len(bodies)],
                                             deadline + 60)) for i in range(clients)]
@@ -204,18 +242,28 @@ async def burst(port: int, bodies: list[bytes], clients: int, deadline: float, l
     for task in pending:
         task.cancel()
     wall = time.perf_counter() - started
+    server_cpu = (cpu_seconds(server_pid) or 0.0) - (server_cpu or 0.0)
+    own_cpu = own_cpu_seconds() - own_cpu
+    loop_cpu = (thread_cpu_seconds(server_pid, server_pid) or 0.0) - (loop_cpu or 0.0)
+    machine_cpu = None if machine_cpu is None else (machine_cpu_seconds() or 0.0) - machine_cpu
     stop.set()
-    health, texts, probe_failures = out.get(timeout=120)
+    health, texts, probe_failures, probe_cpu = out.get(timeout=120)
     prober.join(30)
     results = [task.result() for task in done]
     results += [{"status": None, "error": "CancelledError: the burst's --limit", "headers": {}, "body": b"",
                  "seconds": wall} for _ in pending]
-    slow = {name: [(round(at - began, 2), round(ms)) for at, ms in series if ms > limit_ms]
+    slow = {name: [(round(at - began, 2), round(ms)) for _, at, ms in series if ms > limit_ms]
             for name, series, limit_ms in (("health", health, HEALTH_P99_MS), ("text", texts, TEXT_P99_MS))}
-    health = [ms for at, ms in health if at >= began]
-    texts = [ms for at, ms in texts if at >= began]
-    return {"results": results, "seconds": wall, "health_ms": health, "text_ms": texts, "slow_probes": slow,
-            "probe_failures": probe_failures}
+    # every probe answered during the burst: (seconds after the burst began when it was sent, ms)
+    series = {name: [(round(sent - began, 3), round(ms, 1)) for sent, at, ms in values if at >= began]
+              for name, values in (("health", health), ("text", texts))}
+    for result in results:
+        result["ended"] = result.get("ended", began + wall) - began
+    return {"results": results, "seconds": wall, "health_ms": [ms for _, ms in series["health"]],
+            "text_ms": [ms for _, ms in series["text"]], "slow_probes": slow, "probe_series": series,
+            "probe_failures": probe_failures,
+            "cpu": {"server_s": server_cpu, "clients_s": own_cpu, "probes_s": probe_cpu, "wall_s": wall, "server_loop_s": loop_cpu,
+                    "machine_s": machine_cpu}}
 
 
 def warm_up(port: int, image_body: bytes) -> None:
@@ -263,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
         burst_started = time.monotonic() - sampler.started
         print(f"burst: {args.clients} clients ...", file=sys.stderr)
-        outcome = asyncio.run(burst(server.port, bodies, args.clients, args.deadline, args.limit))
+        outcome = asyncio.run(burst(server.port, bodies, args.clients, args.deadline, args.limit, server.process.pid))
         burst_ended = time.monotonic() - sampler.started
         print(f"burst over in {outcome['seconds']:.1f} s; watching memory for {args.settle:g} s ...", file=sys.stderr)
         time.sleep(args.settle)
@@ -294,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         "health_p50_ms": percentile(outcome["health_ms"], 0.5), "health_p99_ms": percentile(outcome["health_ms"], 0.99),
         "health_probes": len(outcome["health_ms"]), "text_p50_ms": percentile(outcome["text_ms"], 0.5),
         "text_p99_ms": percentile(outcome["text_ms"], 0.99), "text_probes": len(outcome["text_ms"]),
-        "slow_probes": outcome["slow_probes"], "probe_failures": outcome["probe_failures"][:10], "probe_failure_count": len(outcome["probe_failures"]),
+        "slow_probes": outcome["slow_probes"], "probe_series": outcome["probe_series"], "cpu": outcome["cpu"],
+        "seconds": by_second(outcome, sampler, burst_started, args.deadline), "probe_failures": outcome["probe_failures"][:10], "probe_failure_count": len(outcome["probe_failures"]),
         "rss_before_mb": before[0], "rss_peak_mb": max([after[1], *during]) if during else after[1],
         "rss_burst_end_mb": next((mb for t, mb in sampler.samples if t >= burst_ended), None),
         "rss_after_settle_mb": after[0], "settled_after_s": settled, "server_alive": alive, "server_exit_code": code,
@@ -308,6 +357,27 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0 if all(goal["met"] for goal in report["goals"]) else 1
+
+
+def by_second(outcome: dict[str, Any], sampler: Sampler, burst_started: float, deadline: float) -> list[dict[str, Any]]:
+    """The burst second by second from its start: CPU cores used by the server and by the clients' process
+    (from the sampler), answers that came (by kind), and the probes sent in that second (count, worst ms)."""
+    rows = []
+    for second in range(int(np.ceil(outcome["seconds"])) + 1):
+        low, high = burst_started + second, burst_started + second + 1
+        inside = [c for c in sampler.cpu if low <= c[0] <= high]
+        row: dict[str, Any] = {"second": second}
+        if len(inside) >= 2:
+            span = inside[-1][0] - inside[0][0]
+            row["server_cores"] = round((inside[-1][1] - inside[0][1]) / span, 2) if span else None
+            row["clients_cores"] = round((inside[-1][2] - inside[0][2]) / span, 2) if span else None
+        row["answers"] = dict(Counter(verdict(r, deadline) for r in outcome["results"]
+                                      if second <= r["ended"] < second + 1))
+        for name, values in outcome["probe_series"].items():
+            ms = [v for at, v in values if second <= at < second + 1]
+            row[name] = {"probes": len(ms), "max_ms": max(ms, default=None)}
+        rows.append(row)
+    return rows
 
 
 def goals(report: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -360,6 +430,19 @@ def format_table(report: dict[str, Any]) -> str:
         f"{_ms(report['text_p99_ms'])} | {megabytes(report['rss_before_mb'])} → {megabytes(report['rss_peak_mb'])} → "
         f"{megabytes(report['rss_burst_end_mb'])} → {megabytes(report['rss_after_settle_mb'])} |")
     lines += ["", *goals_table(report["goals"])]
+    cpu = report["cpu"]
+    lines += ["", f"CPU during the burst ({cpu['wall_s']:.1f} s): server {cpu['server_s']:.1f} s "
+              f"({cpu['server_s'] / cpu['wall_s']:.2f} cores; its event loop's thread {cpu['server_loop_s']:.2f} s), clients {cpu['clients_s']:.1f} s "
+              f"({cpu['clients_s'] / cpu['wall_s']:.2f} cores), probes {cpu['probes_s']:.1f} s (their process, "
+              f"from 1 s before the burst); the whole machine {cpu['machine_s'] or 0:.1f} s "
+              f"({(cpu['machine_s'] or 0) / cpu['wall_s']:.2f} cores, other processes included)", "",
+              "| second | server cores | clients cores | answers | /health probes, worst | text probes, worst |",
+              "|---:|---:|---:|---|---:|---:|"]
+    for row in report["seconds"]:
+        answers = ", ".join(f"{n} {kind}" for kind, n in sorted(row["answers"].items())) or "-"
+        probes = [f"{row[name]['probes']}, {_ms(row[name]['max_ms'])}" for name in ("health", "text")]
+        lines.append(f"| {row['second']} | {row.get('server_cores', '-')} | {row.get('clients_cores', '-')} | "
+                     f"{answers} | {probes[0]} | {probes[1]} |")
     slow = {name: series for name, series in report["slow_probes"].items() if series}
     if slow:
         lines += ["", "probes over their goal (seconds after the burst began, ms): " + "; ".join(
