@@ -1,0 +1,121 @@
+// The model side of the page, in a Web Worker: transformers.js' tokenizer, CLIP image processor and the two
+// towers (CLIPTextModelWithProjection, CLIPVisionModelWithProjection) on onnxruntime-web's WebAssembly backend.
+// Everything is loaded from the site itself (env.allowRemoteModels = false, wasmPaths on the site).
+// Messages: {id, op, args} -> {id, result} or {id, error}.
+import {
+  env, AutoTokenizer, AutoProcessor, CLIPTextModelWithProjection, CLIPVisionModelWithProjection, RawImage, Tensor,
+} from "@huggingface/transformers";
+import { decode, pixelValues, supported } from "./pixels.js";
+
+const TEXT_BATCH = 32;
+const IMAGE_BATCH = 4;
+let site = null;
+let tokenizer = null;
+let processor = null;
+let textModel = null;
+let visionModel = null;
+
+async function init({ base, config }) {
+  site = config;
+  env.allowRemoteModels = false;
+  env.allowLocalModels = true;
+  // A path, not a URL: transformers.js 4.3.2 looks for local files only at paths (an http URL is skipped).
+  env.localModelPath = new URL("models/", base).pathname;
+  env.useBrowserCache = false;
+  env.backends.onnx.wasm.wasmPaths = {
+    mjs: new URL(config.wasm.mjs, base).href,
+    wasm: new URL(config.wasm.wasm, base).href,
+  };
+  // Threads need cross-origin isolation (SharedArrayBuffer): one per core, at most 4 (onnxruntime-web's
+  // own default takes half the cores).
+  env.backends.onnx.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  const options = { dtype: config.dtype, device: "wasm" };
+  [tokenizer, processor] = await Promise.all([
+    AutoTokenizer.from_pretrained(config.model), AutoProcessor.from_pretrained(config.model)]);
+  textModel = await CLIPTextModelWithProjection.from_pretrained(config.model, options);
+  visionModel = await CLIPVisionModelWithProjection.from_pretrained(config.model, options);
+  return { crossOriginIsolated: self.crossOriginIsolated, threads: env.backends.onnx.wasm.numThreads ?? null };
+}
+
+// Token ids as the Python runtime makes them: <s> ... </s>, at most max_length, </s> kept as the last one
+// (transformers.js' own truncation would cut it off).
+function ids(text) {
+  const all = tokenizer.encode(text, { add_special_tokens: true });
+  if (all.length <= site.max_length) return all;
+  return [...all.slice(0, site.max_length - 1), all[all.length - 1]];
+}
+
+function normalized(tensor) {
+  const [rows, dim] = tensor.dims;
+  const data = tensor.data;
+  const out = [];
+  for (let r = 0; r < rows; r++) {
+    const row = Float32Array.from(data.subarray(r * dim, (r + 1) * dim));
+    let norm = 0;
+    for (const v of row) norm += v * v;
+    norm = Math.sqrt(norm) || 1;
+    for (let i = 0; i < dim; i++) row[i] /= norm;
+    out.push(row);
+  }
+  return out;
+}
+
+async function embedTexts(texts) {
+  const out = [];
+  for (let start = 0; start < texts.length; start += TEXT_BATCH) {
+    const batch = texts.slice(start, start + TEXT_BATCH).map(ids);
+    const length = Math.max(...batch.map((row) => row.length));
+    const inputIds = new BigInt64Array(batch.length * length).fill(BigInt(tokenizer.pad_token_id ?? 1));
+    const mask = new BigInt64Array(batch.length * length);
+    batch.forEach((row, r) => row.forEach((id, i) => {
+      inputIds[r * length + i] = BigInt(id);
+      mask[r * length + i] = 1n;
+    }));
+    const { text_embeds } = await textModel({
+      input_ids: new Tensor("int64", inputIds, [batch.length, length]),
+      attention_mask: new Tensor("int64", mask, [batch.length, length]),
+    });
+    out.push(...normalized(text_embeds));
+  }
+  return out;
+}
+
+// pixel_values [N, 3, S, S] for Blobs: the Python runtime's preprocessing (pixels.js) when the bundle's filter
+// is one it implements, else transformers.js' CLIPImageProcessor.
+async function pixels(blobs) {
+  const spec = site.image;
+  if (!spec || !supported(spec.resample)) {
+    return (await processor(await Promise.all(blobs.map((b) => RawImage.fromBlob(b))))).pixel_values;
+  }
+  const plane = 3 * spec.size * spec.size;
+  const data = new Float32Array(blobs.length * plane);
+  for (let i = 0; i < blobs.length; i++) pixelValues(await decode(blobs[i]), spec, data, i * plane);
+  return new Tensor("float32", data, [blobs.length, 3, spec.size, spec.size]);
+}
+
+async function embedImages(blobs) {
+  const out = [];
+  for (let start = 0; start < blobs.length; start += IMAGE_BATCH) {
+    const pixel_values = await pixels(blobs.slice(start, start + IMAGE_BATCH));
+    const { image_embeds } = await visionModel({ pixel_values });
+    out.push(...normalized(image_embeds));
+  }
+  return out;
+}
+
+const OPS = {
+  init,
+  tokenize: async (texts) => texts.map(ids),
+  embedTexts,
+  embedImages,
+  pixels: async (blobs) => Array.from((await pixels(blobs)).data),
+};
+
+self.onmessage = async ({ data: { id, op, args } }) => {
+  try {
+    const result = await OPS[op](...args);
+    self.postMessage({ id, result });
+  } catch (error) {
+    self.postMessage({ id, error: String(error && error.stack || error) });
+  }
+};
