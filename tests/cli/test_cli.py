@@ -14,7 +14,8 @@ from altclip_onnx.cli import main
 from altclip_onnx.cli.app import display_width, table
 
 COMMANDS = ["bench", "classify", "convert", "doctor", "embed", "embed-text", "evaluate classification",
-            "evaluate retrieval", "export", "fewshot build", "index", "push", "search", "serve", "tune", "verify"]
+            "evaluate retrieval", "export", "fewshot build", "index", "push", "search", "serve", "serve-static", "tune",
+            "verify"]
 GROUPS = ("evaluate", "fewshot")
 
 

@@ -19,7 +19,7 @@ EXPORT_SIDE = ("altclip_onnx.export", "altclip_onnx.convert", *BLOCKED)
 # Everything a user runs after export. The CLI is the boundary: its export, convert and verify --model
 # commands import the export side inside themselves.
 RUNTIME_SIDE = ("__init__", "hub", "bundle", "files", "precisions", "errors", "models", "runtime", "search", "serve",
-                "fewshot", "distributed", "verification", "evaluation")
+                "fewshot", "distributed", "verification", "evaluation", "web")
 CLI_BOUNDARY = ("model.py", "convert.py")  # export, convert, verify --model: the export side inside the command
 
 

@@ -227,6 +227,7 @@ NOT_RUNTIME_ONLY = {
     "postgres": "psycopg and pgserver ([postgres], [test-services])",
     "openvino": "onnxruntime-openvino (.venv-openvino)",
     "docs": "mkdocs ([docs]) and a fresh checkout with the package index",
+    "web": "onnx ([convert]) to write the site's model, Node and npm to bundle its page, chromium and playwright",
 }
 
 

@@ -1,0 +1,156 @@
+"""The site of ``convert --to web`` in headless Chromium against the Python runtime, per precision (fp32, int8):
+token ids, text and image vectors, indexing photos through the page's file input, search ranking, and that
+every request the page (and its workers) made went to the site's own origin.
+
+The measured minima are written to ``build/web-parity.json`` (docs/web.md quotes them).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from altclip_onnx import Encoder, Index
+
+from ..cases import LONG_TEXT, ODD_TEXTS, PARITY_TEXTS
+from .conftest import PRECISIONS, OpenPage
+
+# Texts whose ids must equal the runtime's: the 36 sentences (18 languages), the odd texts but the family emoji
+# (transformers.js' tokenizer turns its zero-width joiners into spaces: docs/clients.md), one past max_length.
+TOKEN_TEXTS = PARITY_TEXTS + [t for t in ODD_TEXTS if "\u200d" not in t] + [LONG_TEXT]
+TEXT_MIN_COSINE = {"fp32": 0.99999, "int8": 0.9999}
+IMAGE_MIN_COSINE = {"fp32": 0.99999, "int8": 0.9999}
+LIBRARY = ("astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "hubble_deep_field", "immunohistochemistry")
+QUERIES = ("a photo of a cat", "一杯咖啡", "Eine Rakete startet in den Himmel")
+MEASURED = Path(__file__).resolve().parents[2] / "build" / "web-parity.json"
+measured: dict[str, dict[str, float]] = {}
+
+pytestmark = pytest.mark.parametrize("precision", PRECISIONS)
+
+
+def record(precision: str, name: str, value: float) -> None:
+    measured.setdefault(precision, {})[name] = value
+    MEASURED.parent.mkdir(parents=True, exist_ok=True)
+    MEASURED.write_text(json.dumps(measured, indent=2), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_bundle: Path) -> dict[str, Encoder]:
+    return {p: Encoder(tiny_bundle, provider="cpu", precision=p) for p in PRECISIONS}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    import skimage.data as skdata
+
+    folder = tmp_path_factory.mktemp("web-library")
+    paths = []
+    for name in LIBRARY:
+        array = getattr(skdata, name)()
+        array = (array * 255).astype(np.uint8) if array.dtype == bool else array
+        path = folder / f"{name}.jpg"
+        Image.fromarray(array).convert("RGB").save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_site_files_and_headers(precision: str, sites: dict[str, Path], servers) -> None:  # type: ignore[no-untyped-def]
+    site = sites[precision]
+    config = json.loads((site / "site.json").read_text())
+    assert config["precision"] == precision and config["dtype"] == {"fp32": "fp32", "int8": "q8"}[precision]
+    graphs = sorted(p.name for p in (site / "models" / config["model"] / "onnx").iterdir())
+    suffix = "_quantized" if precision == "int8" else ""
+    assert graphs == [f"text_model{suffix}.onnx", f"vision_model{suffix}.onnx"]
+    assert {p.name for p in (site / "ort").iterdir()} == {"ort-wasm-simd-threaded.asyncify.mjs",
+                                                           "ort-wasm-simd-threaded.asyncify.wasm"}
+    for path in ("/", "/ort/ort-wasm-simd-threaded.asyncify.wasm", "/assets/worker.js"):
+        with urllib.request.urlopen(servers[precision].url + path) as response:
+            assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+            if path.endswith(".wasm"):
+                assert response.headers["Content-Type"] == "application/wasm"
+
+
+def test_the_page_loads_cross_origin_isolated(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
+    page: OpenPage = pages(precision)
+    assert page.info["crossOriginIsolated"] is True
+    assert page.info["precision"] == precision and page.info["embeddingDim"] == 16
+    page.page.wait_for_selector("#folder:not([disabled])")
+    assert "The model is loaded" in page.page.inner_text("#model-status")
+
+
+def test_token_ids_equal_the_runtime(precision: str, pages, encoders) -> None:  # type: ignore[no-untyped-def]
+    ours = encoders[precision].tokenize(TOKEN_TEXTS)
+    want = [row[mask.astype(bool)].tolist() for row, mask in zip(ours["input_ids"], ours["attention_mask"])]
+    got = pages(precision).call("(texts) => altclip.tokenize(texts)", TOKEN_TEXTS)
+    differing = [(text, w, g) for text, w, g in zip(TOKEN_TEXTS, want, got) if w != g]
+    assert differing == [] and len(got) == len(TOKEN_TEXTS)
+    assert len(got[-1]) == encoders[precision].manifest.text.max_length  # truncated, </s> kept
+    record(precision, "token_texts_equal", len(TOKEN_TEXTS))
+
+
+def test_text_vectors_equal_the_runtime(precision: str, pages, encoders) -> None:  # type: ignore[no-untyped-def]
+    texts = PARITY_TEXTS + ["", LONG_TEXT]
+    got = np.array(pages(precision).call("async (t) => (await altclip.embedTexts(t)).map(v => Array.from(v))", texts))
+    want = encoders[precision].encode_texts(texts)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    found = float(cosines(got, want).min())
+    record(precision, "text_min_cosine", found)
+    assert found >= TEXT_MIN_COSINE[precision]
+
+
+def test_image_vectors_equal_the_runtime(precision: str, pages, encoders, fixture_photos, library) -> None:  # type: ignore[no-untyped-def]
+    photos = [*fixture_photos, *library]
+    page = pages(precision)
+    got = np.array(page.call(f"async () => (await altclip.embedImages({page.files(photos)})).map(v => Array.from(v))"))
+    want = encoders[precision].encode_images([str(p) for p in photos])
+    found = cosines(got, want)
+    record(precision, "image_min_cosine", float(found.min()))
+    assert float(found.min()) >= IMAGE_MIN_COSINE[precision], dict(zip([p.name for p in photos], found.round(7)))
+
+
+def test_indexing_through_the_page_and_search_ranking(precision: str, pages, encoders, library,  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path) -> None:
+    page = pages(precision)
+    page.page.set_input_files("#files", [str(p) for p in library])
+    page.page.wait_for_function(f"() => altclip.photos.length === {len(library)} && "
+                                "document.querySelector('#progress').hidden")
+    assert f"{len(library)} photos ready" in page.page.inner_text("#index-status")
+    encoder = encoders[precision]
+    with Index.open(tmp_path / "photos.idx", create=True) as index:
+        index.update(encoder, library[0].parent, progress=False)
+        for query in QUERIES:
+            want = [(Path(hit.path).name, hit.score) for hit in index.search_text(encoder, query, k=len(library))]
+            got = page.call("([q, k]) => altclip.search(q, k)", [query, len(library)])
+            assert [name for name, _ in want] == [hit["name"] for hit in got], (query, want, got)
+            # |score difference| <= |text vector difference| + |image vector difference| = sqrt(2 (1 - cosine)) each
+            bound = sum(np.sqrt(2 * (1 - gate[precision])) for gate in (TEXT_MIN_COSINE, IMAGE_MIN_COSINE))
+            np.testing.assert_allclose([s for _, s in want], [hit["score"] for hit in got], atol=bound)
+    # The UI: a query typed and submitted shows every photo as a thumbnail from the local files, best first.
+    page.page.fill("#q", QUERIES[0])
+    page.page.press("#q", "Enter")
+    page.page.wait_for_function(f"() => document.querySelectorAll('#results img').length === {len(library)}")
+    first = page.page.get_attribute("#results li:first-child img", "src")
+    assert first.startswith("blob:" + page.origin)
+    assert page.page.inner_text("#results li:first-child .path") == page.call(
+        "async (q) => (await altclip.search(q, 1))[0].name", QUERIES[0])
+
+
+def test_every_request_stayed_on_the_site(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
+    page: OpenPage = pages(precision)
+    assert page.errors == []
+    outside = [url for url in page.requests
+               if not (url.startswith(page.origin + "/") or url.startswith("blob:" + page.origin + "/"))]
+    assert outside == [] and len(page.requests) > 10
+    model = json.loads(urllib.request.urlopen(page.origin + "/site.json").read())["model"]
+    assert any(f"/models/{model}/onnx/" in url for url in page.requests)  # the workers' requests are seen
