@@ -7,6 +7,7 @@ The measured minima are written to ``build/web-parity.json`` (docs/web.md quotes
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.request
 from pathlib import Path
@@ -70,9 +71,10 @@ def test_site_files_and_headers(precision: str, sites: dict[str, Path], servers)
     graphs = sorted(p.name for p in (site / "models" / config["model"] / "onnx").iterdir())
     suffix = "_quantized" if precision == "int8" else ""
     assert graphs == [f"text_model{suffix}.onnx", f"vision_model{suffix}.onnx"]
-    assert {p.name for p in (site / "ort").iterdir()} == {"ort-wasm-simd-threaded.asyncify.mjs",
-                                                           "ort-wasm-simd-threaded.asyncify.wasm"}
-    for path in ("/", "/ort/ort-wasm-simd-threaded.asyncify.wasm", "/assets/worker.js"):
+    runtime = sorted(str(p.relative_to(site)) for p in (site / "ort").rglob("*") if p.is_file())
+    assert runtime == sorted(config["wasm"].values()) and [Path(p).name for p in runtime] == [
+        "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"]
+    for path in ("/", "/" + config["wasm"]["wasm"], "/assets/worker.js"):
         with urllib.request.urlopen(servers[precision].url + path) as response:
             assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
             assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
@@ -119,6 +121,23 @@ def test_image_vectors_equal_the_runtime(precision: str, pages, encoders, fixtur
     assert float(found.min()) >= IMAGE_MIN_COSINE[precision], dict(zip([p.name for p in photos], found.round(7)))
 
 
+def test_pixel_values_equal_the_runtime(precision: str, pages, encoders, fixture_photos, library) -> None:  # type: ignore[no-untyped-def]
+    """The page's port of the runtime's preprocessing (web/src/pixels.js): the browser decodes, then Pillow's
+    resampling, crop and normalization table as in altclip_onnx.runtime.images."""
+    photos = [*fixture_photos, *library]
+    page = pages(precision)
+    encoded = page.call(f"""async () => {{  // the Float32Array's bytes, base64 (a JSON list of floats is slow)
+        const bytes = new Uint8Array((await altclip.pixelValues({page.files(photos)})).buffer);
+        let text = "";
+        for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+        return btoa(text); }}""")
+    got = np.frombuffer(base64.b64decode(encoded), dtype="<f4")
+    want = encoders[precision].preprocess([str(p) for p in photos])
+    difference = float(np.abs(got.reshape(want.shape) - want).max())
+    record(precision, "pixel_max_abs_difference", difference)
+    assert difference == 0.0
+
+
 def test_indexing_through_the_page_and_search_ranking(precision: str, pages, encoders, library,  # type: ignore[no-untyped-def]
                                                       tmp_path: Path) -> None:
     page = pages(precision)
@@ -144,6 +163,26 @@ def test_indexing_through_the_page_and_search_ranking(precision: str, pages, enc
     assert first.startswith("blob:" + page.origin)
     assert page.page.inner_text("#results li:first-child .path") == page.call(
         "async (q) => (await altclip.search(q, 1))[0].name", QUERIES[0])
+
+
+def test_the_page_fits_a_phone(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
+    page = pages(precision).page
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 800})
+
+
+def test_a_reload_reads_the_model_from_the_cache(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
+    """Cache Storage keeps the model's files and onnxruntime-web's under their (versioned) URLs: a reload
+    downloads none of them again."""
+    page: OpenPage = pages(precision)
+    before = len(page.requests)
+    page.page.reload()
+    assert page.call("async () => (await altclip.ready).precision") == precision
+    again = [url for url in page.requests[before:] if "/models/" in url or "/ort/" in url]
+    assert again == [] and len(page.requests) > before
 
 
 def test_every_request_stayed_on_the_site(precision: str, pages) -> None:  # type: ignore[no-untyped-def]

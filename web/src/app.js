@@ -5,7 +5,7 @@
 //   await altclip.tokenize(texts)            -> token ids per text (as the Python runtime's)
 //   await altclip.embedTexts(texts)          -> L2-normalized vectors (Float32Array per text)
 //   await altclip.embedImages(filesOrBlobs)  -> L2-normalized vectors per image
-//   await altclip.pixelValues(filesOrBlobs)  -> the image tower's input, flat [N * 3 * S * S] numbers
+//   await altclip.pixelValues(filesOrBlobs)  -> the image tower's input: a Float32Array, N * 3 * S * S
 //   await altclip.addPhotos(files, onProgress?) -> how many photos are kept (embedded once each)
 //   await altclip.search(query, k = 24)      -> [{name, score}], best first (score: cosine)
 //   altclip.photos                           -> [{name, file}] in the order added

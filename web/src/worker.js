@@ -21,7 +21,7 @@ async function init({ base, config }) {
   env.allowLocalModels = true;
   // A path, not a URL: transformers.js 4.3.2 looks for local files only at paths (an http URL is skipped).
   env.localModelPath = new URL("models/", base).pathname;
-  env.useBrowserCache = false;
+  env.useBrowserCache = true;  // Cache Storage: a reload reads the model from there (its folder name carries the fingerprint)
   env.backends.onnx.wasm.wasmPaths = {
     mjs: new URL(config.wasm.mjs, base).href,
     wasm: new URL(config.wasm.wasm, base).href,
@@ -108,7 +108,7 @@ const OPS = {
   tokenize: async (texts) => texts.map(ids),
   embedTexts,
   embedImages,
-  pixels: async (blobs) => Array.from((await pixels(blobs)).data),
+  pixels: async (blobs) => (await pixels(blobs)).data,
 };
 
 self.onmessage = async ({ data: { id, op, args } }) => {

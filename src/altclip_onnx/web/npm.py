@@ -9,6 +9,7 @@ onnxruntime-web) and esbuild. ``npm ci`` runs into ``$XDG_CACHE_HOME/altclip-onn
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -89,12 +90,13 @@ def bundle_page(node: str, packages: Path, out: Path, sources: Path = WEB_SOURCE
     return [out / f"{name}.js" for name in ENTRY_POINTS]
 
 
-def runtime_files(packages: Path) -> list[Path]:
-    """onnxruntime-web's WebAssembly files transformers.js loads (the asyncify build: WebAssembly with SIMD and
-    threads, and WebGPU), to be served by the site itself instead of a CDN."""
-    dist = packages / "node_modules" / "onnxruntime-web" / "dist"
-    files = [dist / f"ort-wasm-simd-threaded.asyncify.{ext}" for ext in ("mjs", "wasm")]
+def runtime_files(packages: Path) -> tuple[str, list[Path]]:
+    """onnxruntime-web's version and the WebAssembly files transformers.js loads (the asyncify build: WebAssembly
+    with SIMD and threads, and WebGPU), to be served by the site itself instead of a CDN."""
+    package = packages / "node_modules" / "onnxruntime-web"
+    version = json.loads((package / "package.json").read_text(encoding="utf-8"))["version"]
+    files = [package / "dist" / f"ort-wasm-simd-threaded.asyncify.{ext}" for ext in ("mjs", "wasm")]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ExportError(f"onnxruntime-web's files are missing: {', '.join(missing)}")
-    return files
+    return version, files

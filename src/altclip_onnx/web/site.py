@@ -6,7 +6,7 @@ threads: docs/web.md).
       index.html, style.css, icon.svg     the page (web/page/; the served page's stylesheet and icon)
       site.json                           what the page loads: model folder, transformers.js dtype, sizes
       assets/app.js, assets/worker.js     web/src/ bundled by esbuild (transformers.js, onnxruntime-web)
-      ort/ort-wasm-simd-threaded.asyncify.{mjs,wasm}   onnxruntime-web's runtime, served by the site itself
+      ort/<version>/ort-wasm-simd-threaded.asyncify.{mjs,wasm}   onnxruntime-web's runtime, from the site itself
       models/<fingerprint>-<precision>/   the transformers.js layout of the bundle at one precision
 """
 
@@ -72,9 +72,12 @@ def build_site(bundle: str | Path, destination: str | Path, write_model: Callabl
     with staging_folder(target, overwrite) as staging:
         progress("bundling the page's JavaScript with esbuild")
         npm.bundle_page(node, packages, staging / "assets", sources)
-        (staging / "ort").mkdir()
-        for path in npm.runtime_files(packages):
-            shutil.copyfile(path, staging / "ort" / path.name)
+        # Under the version: the page keeps them in Cache Storage by URL, so a newer build gets new URLs.
+        ort_version, ort_files = npm.runtime_files(packages)
+        ort = staging / "ort" / ort_version
+        ort.mkdir(parents=True)
+        for path in ort_files:
+            shutil.copyfile(path, ort / path.name)
         for name in ("index.html",):
             shutil.copyfile(sources / "page" / name, staging / name)
         shutil.copyfile(SERVED_STATIC / "icon.svg", staging / "icon.svg")
@@ -97,8 +100,7 @@ def build_site(bundle: str | Path, destination: str | Path, write_model: Callabl
                       "resample": manifest.image.resample, "rescale_factor": manifest.image.rescale_factor,
                       "mean": list(manifest.image.mean), "std": list(manifest.image.std)},
             "model_files": model_files,
-            "wasm": {"mjs": "ort/ort-wasm-simd-threaded.asyncify.mjs",
-                     "wasm": "ort/ort-wasm-simd-threaded.asyncify.wasm"},
+            "wasm": {ext: f"ort/{ort_version}/{path.name}" for ext, path in zip(("mjs", "wasm"), ort_files)},
         })
         report.files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*"))
                         if p.is_file()}
