@@ -134,6 +134,14 @@ def browser() -> Iterator[object]:
         context.close()
 
 
+@pytest.fixture(scope="session")
+def screenshot_dir() -> Path:
+    """Where the screenshots go: $ALTCLIP_SCREENSHOTS, else build/screenshots (as tests/serve)."""
+    folder = Path(os.environ.get("ALTCLIP_SCREENSHOTS") or SRC.parent / "build" / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @dataclass
 class OpenPage:
     page: object

@@ -139,7 +139,7 @@ def test_pixel_values_equal_the_runtime(precision: str, pages, encoders, fixture
 
 
 def test_indexing_through_the_page_and_search_ranking(precision: str, pages, encoders, library,  # type: ignore[no-untyped-def]
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, screenshot_dir: Path) -> None:
     page = pages(precision)
     page.page.set_input_files("#files", [str(p) for p in library])
     page.page.wait_for_function(f"() => altclip.photos.length === {len(library)} && "
@@ -161,15 +161,17 @@ def test_indexing_through_the_page_and_search_ranking(precision: str, pages, enc
     page.page.wait_for_function(f"() => document.querySelectorAll('#results img').length === {len(library)}")
     first = page.page.get_attribute("#results li:first-child img", "src")
     assert first.startswith("blob:" + page.origin)
+    page.page.screenshot(path=str(screenshot_dir / f"web-search-{precision}.png"), full_page=True)
     assert page.page.inner_text("#results li:first-child .path") == page.call(
         "async (q) => (await altclip.search(q, 1))[0].name", QUERIES[0])
 
 
-def test_the_page_fits_a_phone(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
+def test_the_page_fits_a_phone(precision: str, pages, screenshot_dir: Path) -> None:  # type: ignore[no-untyped-def]
     page = pages(precision).page
     page.set_viewport_size({"width": 390, "height": 844})
     try:
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=str(screenshot_dir / f"web-phone-{precision}.png"))
     finally:
         page.set_viewport_size({"width": 1280, "height": 800})
 
