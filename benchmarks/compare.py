@@ -5,7 +5,9 @@
 
 Per tower, in one run on the same inputs: PyTorch eager (fp32), a plain unoptimized export (what
 the seed project produced), its plain dynamic int8 (``quantize_dynamic``, MatMul only, no fusion),
-our optimized fp32, our int8, and fp16 where a GPU provider exists. The ONNX variants are timed
+our optimized fp32, our int8, and fp16 where a GPU provider exists; with ``--tuned-bundle B`` also what
+``precision auto`` runs after ``altclip-onnx tune B`` on this machine (B exported from the same model, e.g.
+``altclip-onnx export m18 --random-init``, and tuned first). The ONNX variants are timed
 interleaved; PyTorch is timed first, alone (sharing the process with the sessions slowed it 4x).
 Latency at batch 1 (median of interleaved runs after warm-up), throughput at batch 8 and 32, peak RSS of a fresh process that
 loads one variant and embeds a batch of 8, and file size. Writes ``results.md``, ``results.json``
@@ -37,6 +39,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="keep the exported graphs here (default: a temp folder)")
     parser.add_argument("--explore", action="store_true",
                         help="also time onnxruntime's per-tensor dynamic int8 of the fully fused graph (QAttention)")
+    parser.add_argument("--tuned-bundle", type=Path,
+                        help="a bundle of the same model, tuned here: adds the row of what precision auto runs")
     parser.add_argument("-o", "--output", type=Path, default=Path("bench-out"))
     args = parser.parse_args()
 
@@ -52,8 +56,10 @@ def main() -> None:
     from altclip_onnx.runtime.providers import make_session
 
     torch.set_num_threads(args.threads)
+    if args.tuned_bundle:
+        tuned_candidates(args.tuned_bundle, wanted_towers(args), args.threads, load=False)  # fails now, not in 20 min
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    wanted = args.towers.split(",")
+    wanted = wanted_towers(args)
     say = lambda message: print(f"... {message}", file=sys.stderr, flush=True)  # noqa: E731
 
     say("loading the model")
@@ -107,6 +113,8 @@ def main() -> None:
                 rss_command=bench.rss_command(path, tower, args.threads),
             ))
 
+    if args.tuned_bundle:
+        candidates += tuned_candidates(args.tuned_bundle, wanted, args.threads)
     results += bench.measure(candidates, batch_sizes=batch_sizes, tokens=args.tokens, repeats=args.repeats,
                              budget_s=args.budget, progress=say)
     results.sort(key=lambda r: wanted.index(r.tower))  # PyTorch first within each tower
@@ -126,6 +134,34 @@ def main() -> None:
         "accuracy": {f"{t}/{n}": c for (t, n), c in accuracy.items()}}, indent=2, default=str))
     chart(results, args.output / "results.png")
     print(header + table + "\n" + "\n".join(acc_lines))
+
+
+def wanted_towers(args: argparse.Namespace) -> list[str]:
+    return args.towers.split(",")
+
+
+def tuned_candidates(bundle: Path, towers: list[str], threads: int, load: bool = True):  # type: ignore[no-untyped-def]
+    """What ``Encoder(bundle)`` runs per tower after ``tune``: the profile's provider and precision (with
+    ``load=False``, only check that there is a profile)."""
+    from altclip_onnx import Encoder
+    from altclip_onnx.bundle import TOWER_INPUTS
+    from altclip_onnx.runtime import bench
+
+    encoder = Encoder(bundle, threads=threads, spinning=False)
+    missing = [tower for tower in towers if tower not in encoder.tuned]
+    if missing:
+        sys.exit(f"{bundle}: no tune profile for this machine; run 'altclip-onnx tune {bundle} --threads {threads}' first")
+    candidates = []
+    if not load:
+        return candidates
+    for tower in towers:
+        session = encoder.session(tower)
+        variant = encoder.manifest.towers[tower][encoder.precisions[tower]]
+        name = f"tuned: {encoder.precisions[tower]} on {encoder.provider_of(tower).removesuffix('ExecutionProvider')}"
+        candidates.append(bench.Candidate(
+            name, tower, lambda inputs, s=session, n=TOWER_INPUTS[tower]: s.run(None, {k: inputs[k] for k in n}),
+            size_bytes=sum(encoder.manifest.files[f].size for f in variant.files)))
+    return candidates
 
 
 def accuracy_vs_pytorch(candidates, tokens):  # type: ignore[no-untyped-def]
