@@ -176,15 +176,47 @@ def test_the_page_fits_a_phone(precision: str, pages, screenshot_dir: Path) -> N
         page.set_viewport_size({"width": 1280, "height": 800})
 
 
-def test_a_reload_reads_the_model_from_the_cache(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
+def test_a_reload_resumes_from_the_caches(precision: str, pages, library) -> None:  # type: ignore[no-untyped-def]
     """Cache Storage keeps the model's files and onnxruntime-web's under their (versioned) URLs: a reload
-    downloads none of them again."""
+    downloads none of them again. IndexedDB keeps the photos' vectors and thumbnails: a reload embeds nothing,
+    searches the same, and choosing the same photos again embeds none of them."""
     page: OpenPage = pages(precision)
+    ranked = page.call("([q, k]) => altclip.search(q, k)", [QUERIES[1], len(library)])
     before = len(page.requests)
     page.page.reload()
-    assert page.call("async () => (await altclip.ready).precision") == precision
+    info = page.call("async () => await altclip.ready")
+    assert info["precision"] == precision and info["photos"] == len(library)
     again = [url for url in page.requests[before:] if "/models/" in url or "/ort/" in url]
     assert again == [] and len(page.requests) > before
+    assert page.call("() => altclip.stats") == {"embedded": 0, "restored": len(library)}
+    assert page.call("([q, k]) => altclip.search(q, k)", [QUERIES[1], len(library)]) == ranked
+    page.page.fill("#q", QUERIES[1])
+    page.page.press("#q", "Enter")  # thumbnails from IndexedDB: the files are not there after a reload
+    page.page.wait_for_function(f"() => document.querySelectorAll('#results img').length === {len(library)}")
+    assert page.call("() => altclip.photos.every(p => p.file === null)")
+    page.page.set_input_files("#files", [str(p) for p in library])
+    page.page.wait_for_function("() => altclip.photos.every(p => p.file !== null)")
+    assert page.call("() => altclip.stats.embedded") == 0
+
+
+def test_a_folder_chosen_again_drops_its_removed_photos(precision: str, pages, library) -> None:  # type: ignore[no-untyped-def]
+    """A folder pick's files carry webkitRelativePath ("album/x.jpg"); Playwright cannot choose a folder in this
+    Chromium, so the files are made here with that property and given to addPhotos, as the folder input does."""
+    page: OpenPage = pages(precision)
+    folder = """(names) => window.__files.filter(f => names.includes(f.name)).map(f => Object.defineProperty(
+        new File([f], f.name, {type: f.type, lastModified: 1}), "webkitRelativePath", {value: "album/" + f.name}))"""
+    page.files(library)
+    names = [p.name for p in library]
+    embedded = page.call("() => altclip.stats.embedded")
+    assert page.call(f"async (names) => await altclip.addPhotos(({folder})(names))", names) == 2 * len(library)
+    assert page.call("() => altclip.stats.embedded") == embedded + len(library)
+    assert page.call(f"async (names) => await altclip.addPhotos(({folder})(names))", names[:-1]) == 2 * len(library) - 1
+    kept = page.call("() => altclip.photos.map(p => p.name)")
+    assert f"album/{names[-1]}" not in kept and f"album/{names[0]}" in kept and names[-1] in kept
+    assert page.call("() => altclip.stats.embedded") == embedded + len(library)  # nothing embedded again
+    assert page.call("(names) => altclip.removePhotos(names)", [f"album/{n}" for n in names[:-1]]) == len(library)
+    page.page.reload()
+    assert page.call("async () => (await altclip.ready).photos") == len(library)  # the removals were kept too
 
 
 def test_every_request_stayed_on_the_site(precision: str, pages) -> None:  # type: ignore[no-untyped-def]

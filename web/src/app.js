@@ -6,9 +6,16 @@
 //   await altclip.embedTexts(texts)          -> L2-normalized vectors (Float32Array per text)
 //   await altclip.embedImages(filesOrBlobs)  -> L2-normalized vectors per image
 //   await altclip.pixelValues(filesOrBlobs)  -> the image tower's input: a Float32Array, N * 3 * S * S
-//   await altclip.addPhotos(files, onProgress?) -> how many photos are kept (embedded once each)
+//   await altclip.addPhotos(files, onProgress?) -> how many photos are kept; only new or changed ones (name,
+//                                               size, modified time) are embedded; from a folder pick, photos
+//                                               kept under that folder but no longer in it are dropped
+//   await altclip.removePhotos(names)        -> how many photos are kept
 //   await altclip.search(query, k = 24)      -> [{name, score}], best first (score: cosine)
-//   altclip.photos                           -> [{name, file}] in the order added
+//   altclip.photos                           -> [{name, size, lastModified, file}] (file: null after a reload)
+//   altclip.stats                            -> {embedded, restored}: images embedded by this page, photos
+//                                               restored from IndexedDB at load
+// The photos' vectors, identities and 256-px thumbnails are kept in IndexedDB (one database per model), so a
+// reload resumes without embedding again.
 const base = new URL("./", document.baseURI).href;
 const worker = new Worker(new URL("assets/worker.js", base), { type: "module" });
 const pending = new Map();
@@ -27,33 +34,97 @@ function call(op, ...args) {
 }
 
 const IMAGE_STEP = 4;  // photos per worker call while indexing (progress granularity)
-const photos = [];  // {name, file, vector, url}
-const known = new Set();  // names already kept
+const THUMBNAIL = 256;  // longest edge of the kept thumbnails, in pixels
+const photos = new Map();  // name -> {name, size, lastModified, file, vector, thumb, url}
+const stats = { embedded: 0, restored: 0 };
+let database = null;  // IndexedDB, opened once the model is known
 
 function nameOf(file) {
-  return file.webkitRelativePath || file.name || `photo-${photos.length + 1}`;
+  return file.webkitRelativePath || file.name || `photo-${photos.size + 1}`;
 }
 
 function isImage(file) {
   return !file.type || file.type.startsWith("image/");
 }
 
+function request(r) {
+  return new Promise((resolve, reject) => { r.onsuccess = () => resolve(r.result); r.onerror = () => reject(r.error); });
+}
+
+async function openDatabase(model) {
+  if (typeof indexedDB === "undefined") return null;
+  const open = indexedDB.open(`altclip-onnx-${model}`, 1);
+  open.onupgradeneeded = () => open.result.createObjectStore("photos", { keyPath: "name" });
+  try {
+    return await request(open);
+  } catch (_) {
+    return null;  // private windows may refuse: the page still works, without resuming
+  }
+}
+
+function store(mode) {
+  return database.transaction("photos", mode).objectStore("photos");
+}
+
+async function restore() {
+  if (!database) return;
+  for (const { name, size, lastModified, vector, thumb } of await request(store("readonly").getAll())) {
+    photos.set(name, { name, size, lastModified, file: null, vector, thumb, url: null });
+  }
+  stats.restored = photos.size;
+}
+
+function forget(photo) {
+  if (photo.url) URL.revokeObjectURL(photo.url);
+  photos.delete(photo.name);
+}
+
+async function removePhotos(names) {
+  const gone = names.map((n) => photos.get(n)).filter(Boolean);
+  gone.forEach(forget);
+  if (database && gone.length) {
+    const objects = store("readwrite");
+    await Promise.all(gone.map((p) => request(objects.delete(p.name))));
+  }
+  return photos.size;
+}
+
 async function addPhotos(files, onProgress = () => {}) {
-  const fresh = [...files].filter((f) => isImage(f) && !known.has(nameOf(f)));
+  const picked = [...files].filter(isImage);
+  // A folder pick is the folder's whole content: what it kept under that folder before and lacks now is gone.
+  const folders = new Set(picked.map((f) => f.webkitRelativePath).filter(Boolean).map((p) => p.split("/")[0] + "/"));
+  const names = new Set(picked.map(nameOf));
+  await removePhotos([...photos.keys()].filter((n) => !names.has(n) && [...folders].some((f) => n.startsWith(f))));
+  const fresh = [];
+  for (const file of picked) {
+    const kept = photos.get(nameOf(file));
+    if (kept && kept.size === file.size && kept.lastModified === file.lastModified) {
+      if (!kept.file) { kept.file = file; if (kept.url) { URL.revokeObjectURL(kept.url); kept.url = null; } }
+    } else {
+      fresh.push(file);
+    }
+  }
   let done = 0;
   onProgress(done, fresh.length);
   for (let start = 0; start < fresh.length; start += IMAGE_STEP) {
     const batch = fresh.slice(start, start + IMAGE_STEP);
-    const vectors = await call("embedImages", batch);
-    batch.forEach((file, i) => {
-      const name = nameOf(file);
-      known.add(name);
-      photos.push({ name, file, vector: vectors[i], url: null });
-    });
+    const { vectors, thumbs } = await call("embedImages", batch, THUMBNAIL);
+    stats.embedded += batch.length;
+    const records = batch.map((file, i) => ({
+      name: nameOf(file), size: file.size, lastModified: file.lastModified, vector: vectors[i], thumb: thumbs[i] }));
+    for (const record of records) {
+      const old = photos.get(record.name);
+      if (old) forget(old);
+      photos.set(record.name, { ...record, file: batch[records.indexOf(record)], url: null });
+    }
+    if (database) {
+      const objects = store("readwrite");
+      await Promise.all(records.map((r) => request(objects.put(r))));
+    }
     done += batch.length;
     onProgress(done, fresh.length);
   }
-  return photos.length;
+  return photos.size;
 }
 
 function dot(a, b) {
@@ -64,14 +135,17 @@ function dot(a, b) {
 
 async function rank(query, k) {
   const [vector] = await call("embedTexts", [query]);
-  return photos.map((p) => ({ photo: p, score: dot(vector, p.vector) }))
+  return [...photos.values()].map((p) => ({ photo: p, score: dot(vector, p.vector) }))
     .sort((a, b) => b.score - a.score).slice(0, k);
 }
 
 const config = fetch(new URL("site.json", base)).then((r) => r.json());
 const ready = config.then(async (site) => {
   const info = await call("init", { base, config: site });
-  return { name: site.name, precision: site.precision, embeddingDim: site.embedding_dim, ...info };
+  database = await openDatabase(site.model);
+  await restore();
+  return { name: site.name, precision: site.precision, embeddingDim: site.embedding_dim, photos: photos.size,
+           ...info };
 });
 
 window.altclip = {
@@ -81,11 +155,15 @@ window.altclip = {
   embedImages: (files) => ready.then(() => call("embedImages", [...files])),
   pixelValues: (files) => ready.then(() => call("pixels", [...files])),
   addPhotos: (files, onProgress) => ready.then(() => addPhotos(files, onProgress)),
+  removePhotos: (names) => ready.then(() => removePhotos([...names])),
   search: async (query, k = 24) => {
     await ready;
     return (await rank(query, k)).map(({ photo, score }) => ({ name: photo.name, score }));
   },
-  get photos() { return photos.map(({ name, file }) => ({ name, file })); },
+  get photos() {
+    return [...photos.values()].map(({ name, size, lastModified, file }) => ({ name, size, lastModified, file }));
+  },
+  stats,
 };
 
 // --- the UI -------------------------------------------------------------------------------------------------
@@ -129,7 +207,7 @@ async function search() {
     const hits = await rank(query, RESULTS);
     const list = $("results");
     list.replaceChildren(...hits.map(({ photo, score }) => {
-      photo.url ||= URL.createObjectURL(photo.file);
+      photo.url ||= URL.createObjectURL(photo.file || photo.thumb || new Blob());
       const item = document.createElement("li");
       const link = document.createElement("a");
       link.className = "hit button";
@@ -150,7 +228,7 @@ async function search() {
       item.append(link);
       return item;
     }));
-    setStatus(status, hits.length ? `${hits.length} of ${photos.length} photos, best match first.` : "No photos yet.");
+    setStatus(status, hits.length ? `${hits.length} of ${photos.size} photos, best match first.` : "No photos yet.");
   } catch (error) {
     setStatus(status, error.message, true);
   }
@@ -162,6 +240,12 @@ function setUp() {
     $("model").textContent = `${info.name} · ${info.precision} · on this device`;
     setStatus(status, "The model is loaded. Add photos: they stay on this device.");
     for (const id of ["folder", "files"]) $(id).disabled = false;
+    if (photos.size) {
+      setStatus($("index-status"), `${photos.size} photo${photos.size === 1 ? "" : "s"} kept from before, ready to ` +
+                "search. Choose the folder again to add new photos and drop removed ones.");
+      $("q").disabled = false;
+      $("search-button").disabled = false;
+    }
   }, (error) => setStatus(status, `The model did not load: ${error.message}`, true));
   for (const id of ["folder", "files"]) {
     $(id).addEventListener("change", (event) => {

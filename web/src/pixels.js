@@ -140,14 +140,24 @@ function levelTable(spec) {
   return tables.get(key);
 }
 
-// Decoded RGB bytes of a Blob: EXIF orientation applied, no colour-space conversion, transparency on white.
-export async function decode(blob) {
+// Decoded RGB bytes of a Blob: EXIF orientation applied, no colour-space conversion, transparency on white;
+// with thumbnail > 0, also a JPEG of the photo whose longest edge is that many pixels (at most).
+export async function decode(blob, thumbnail = 0) {
   const bitmap = await createImageBitmap(blob, {
     imageOrientation: "from-image", premultiplyAlpha: "none", colorSpaceConversion: "none" });
   const { width, height } = bitmap;
   const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext("2d", { willReadFrequently: true });
   context.drawImage(bitmap, 0, 0);
+  let thumb = null;
+  if (thumbnail > 0) {
+    const scale = Math.min(1, thumbnail / Math.max(width, height));
+    const small = new OffscreenCanvas(Math.max(1, Math.round(width * scale)), Math.max(1, Math.round(height * scale)));
+    const smallContext = small.getContext("2d");
+    smallContext.imageSmoothingQuality = "high";
+    smallContext.drawImage(bitmap, 0, 0, small.width, small.height);
+    thumb = await small.convertToBlob({ type: "image/jpeg", quality: 0.85 });
+  }
   bitmap.close();
   const rgba = context.getImageData(0, 0, width, height).data;
   const rgb = new Uint8Array(width * height * 3);
@@ -159,7 +169,7 @@ export async function decode(blob) {
       for (let c = 0; c < 3; c++) rgb[j + c] = Math.round((rgba[i + c] * a + 255 * (255 - a)) / 255);
     }
   }
-  return { rgb, width, height };
+  return { rgb, width, height, thumb };
 }
 
 // float32 [3, size, size] written into `out` at `offset`: the tower's input for one decoded image.

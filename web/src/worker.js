@@ -82,25 +82,37 @@ async function embedTexts(texts) {
 
 // pixel_values [N, 3, S, S] for Blobs: the Python runtime's preprocessing (pixels.js) when the bundle's filter
 // is one it implements, else transformers.js' CLIPImageProcessor.
-async function pixels(blobs) {
+// With thumbnails > 0, also a small JPEG per image (pixels.js' decode; null on transformers.js' path).
+async function pixels(blobs, thumbnails = 0) {
   const spec = site.image;
   if (!spec || !supported(spec.resample)) {
-    return (await processor(await Promise.all(blobs.map((b) => RawImage.fromBlob(b))))).pixel_values;
+    const { pixel_values } = await processor(await Promise.all(blobs.map((b) => RawImage.fromBlob(b))));
+    pixel_values.thumbs = blobs.map(() => null);
+    return pixel_values;
   }
   const plane = 3 * spec.size * spec.size;
   const data = new Float32Array(blobs.length * plane);
-  for (let i = 0; i < blobs.length; i++) pixelValues(await decode(blobs[i]), spec, data, i * plane);
-  return new Tensor("float32", data, [blobs.length, 3, spec.size, spec.size]);
+  const thumbs = [];
+  for (let i = 0; i < blobs.length; i++) {
+    const decoded = await decode(blobs[i], thumbnails);
+    pixelValues(decoded, spec, data, i * plane);
+    thumbs.push(decoded.thumb);
+  }
+  const tensor = new Tensor("float32", data, [blobs.length, 3, spec.size, spec.size]);
+  tensor.thumbs = thumbs;
+  return tensor;
 }
 
-async function embedImages(blobs) {
-  const out = [];
+async function embedImages(blobs, thumbnails = 0) {
+  const vectors = [];
+  const thumbs = [];
   for (let start = 0; start < blobs.length; start += IMAGE_BATCH) {
-    const pixel_values = await pixels(blobs.slice(start, start + IMAGE_BATCH));
+    const pixel_values = await pixels(blobs.slice(start, start + IMAGE_BATCH), thumbnails);
+    thumbs.push(...pixel_values.thumbs);
     const { image_embeds } = await visionModel({ pixel_values });
-    out.push(...normalized(image_embeds));
+    vectors.push(...normalized(image_embeds));
   }
-  return out;
+  return thumbnails > 0 ? { vectors, thumbs } : vectors;
 }
 
 const OPS = {
