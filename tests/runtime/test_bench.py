@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,18 +79,26 @@ def test_ctrl_c_stops_bench_within_a_call(tiny_bundle: Path, tmp_path: Path) -> 
     slow_visual_graph(bundle / read_manifest(bundle).towers[VISUAL]["fp32"].path)
     process = subprocess.Popen([sys.executable, "-m", "altclip_onnx.cli", "bench", str(bundle), "--precision", "fp32"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def when_loaded() -> None:
         assert process.stderr is not None
-        first = process.stderr.readline()
-        assert "loading 2 graphs" in first  # said before anything slow
+        assert "loading 2 graphs" in process.stderr.readline()  # said before anything slow
         time.sleep(2)  # the graphs are loaded; the slow one is in its first call
-        assert process.poll() is None
-        process.send_signal(signal.SIGINT)
-        signalled = time.monotonic()
-        stdout, stderr = process.communicate(timeout=120)
-        stopped = time.monotonic() - signalled
-    finally:
-        process.kill()
+
+    stopped, stdout, stderr = ctrl_c(process, when_loaded)
     assert process.returncode == 130, stderr
     assert stopped < 2.5, f"stopped {stopped:.1f}s after Ctrl-C"
     assert stderr.strip().splitlines() == ["interrupted; nothing half-written was left behind"] and stdout == ""
+
+
+def ctrl_c(process: subprocess.Popen, wait: Callable[[], None]) -> tuple[float, str, str]:
+    """After ``wait()``, Ctrl-C (SIGINT) the running ``process``: seconds until it ended, its stdout and stderr."""
+    try:
+        wait()
+        assert process.poll() is None, "it ended before Ctrl-C"
+        process.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
+        stdout, stderr = process.communicate(timeout=120)
+        return time.monotonic() - signalled, stdout, stderr
+    finally:
+        process.kill()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from altclip_onnx.runtime.providers import make_session
 from altclip_onnx.runtime.tune import TUNED_BATCHES, TuneSettings, tune_bundle
 
 from ..verification.test_verification import cli, copy_bundle, swap_int8_graph
+from .test_bench import ctrl_c
 
 SLOW_SECONDS = 0.02  # added to every call of a slowed candidate: far more than a tiny tower's call takes
 CPU_ONLY = TuneSettings(repeats=3, providers=("CPUExecutionProvider",), precisions=("fp32", "int8"))
@@ -149,17 +149,14 @@ def test_ctrl_c_stops_tune_at_once_and_records_nothing(tiny_bundle: Path, tmp_pa
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     process = subprocess.Popen([sys.executable, "-m", "altclip_onnx.cli", "tune", str(bundle), "--provider", "cpu",
                                 "--repeats", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def when_timing() -> None:
         assert process.stderr is not None
         while "verified candidates at" not in (line := process.stderr.readline()):
             assert line, "tune ended before timing"
         time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
-        signalled = time.monotonic()
-        _, stderr = process.communicate(timeout=60)
-        stopped = time.monotonic() - signalled
-    finally:
-        process.kill()
+
+    stopped, _, stderr = ctrl_c(process, when_timing)
     assert process.returncode == 130, stderr
     assert stopped < 2.5, f"stopped {stopped:.1f}s after Ctrl-C"
     assert not read_record(bundle, profile.SECTION)
