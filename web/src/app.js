@@ -11,6 +11,7 @@
 //                                               kept under that folder but no longer in it are dropped
 //   await altclip.removePhotos(names)        -> how many photos are kept
 //   await altclip.search(query, k = 24)      -> [{name, score}], best first (score: cosine)
+//   await altclip.searchByImage(file, k = 24) -> the same, for photos like an example image
 //   altclip.photos                           -> [{name, size, lastModified, file}] (file: null after a reload)
 //   altclip.stats                            -> {embedded, restored}: images embedded by this page, photos
 //                                               restored from IndexedDB at load
@@ -133,8 +134,9 @@ function dot(a, b) {
   return s;
 }
 
+// query: a text, or a File/Blob (search by example photo).
 async function rank(query, k) {
-  const [vector] = await call("embedTexts", [query]);
+  const [vector] = typeof query === "string" ? await call("embedTexts", [query]) : await call("embedImages", [query]);
   return [...photos.values()].map((p) => ({ photo: p, score: dot(vector, p.vector) }))
     .sort((a, b) => b.score - a.score).slice(0, k);
 }
@@ -159,6 +161,10 @@ window.altclip = {
   search: async (query, k = 24) => {
     await ready;
     return (await rank(query, k)).map(({ photo, score }) => ({ name: photo.name, score }));
+  },
+  searchByImage: async (image, k = 24) => {
+    await ready;
+    return (await rank(image, k)).map(({ photo, score }) => ({ name: photo.name, score }));
   },
   get photos() {
     return [...photos.values()].map(({ name, size, lastModified, file }) => ({ name, size, lastModified, file }));
@@ -188,8 +194,7 @@ async function index(files) {
       setStatus(status, of ? `Embedding photos: ${n} of ${of}` + (n ? ` (${rate.toFixed(1)} photos/s)` : "") : "No new photos.");
     });
     setStatus(status, `${total} photo${total === 1 ? "" : "s"} ready to search.`);
-    $("q").disabled = false;
-    $("search-button").disabled = false;
+    for (const id of ["q", "search-button", "search-file"]) $(id).disabled = false;
     if ($("q").value.trim()) await search();
   } catch (error) {
     setStatus(status, error.message, true);
@@ -198,8 +203,8 @@ async function index(files) {
   }
 }
 
-async function search() {
-  const query = $("q").value.trim();
+async function search(example = null) {
+  const query = example || $("q").value.trim();
   const status = $("search-status");
   if (!query) return;
   setStatus(status, "Searching…");
@@ -243,8 +248,7 @@ function setUp() {
     if (photos.size) {
       setStatus($("index-status"), `${photos.size} photo${photos.size === 1 ? "" : "s"} kept from before, ready to ` +
                 "search. Choose the folder again to add new photos and drop removed ones.");
-      $("q").disabled = false;
-      $("search-button").disabled = false;
+      for (const id of ["q", "search-button", "search-file"]) $(id).disabled = false;
     }
   }, (error) => setStatus(status, `The model did not load: ${error.message}`, true));
   for (const id of ["folder", "files"]) {
@@ -255,6 +259,11 @@ function setUp() {
     });
   }
   $("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
+  $("search-file").addEventListener("change", (event) => {
+    const [file] = event.target.files;
+    event.target.value = "";
+    if (file) search(file);
+  });
   const zone = $("drop");
   const over = (on) => (event) => { event.preventDefault(); zone.classList.toggle("over", on); };
   zone.addEventListener("dragover", over(true));
