@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+import tomllib
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -30,3 +31,18 @@ def test_metadata_builds_without_deprecation_warnings(tmp_path: Path) -> None:
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
     # pip builds in isolation with what build-system asks for: a setuptools that reads the SPDX string
     assert '\nrequires = ["setuptools>=77"]\n' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_every_file_the_package_reads_at_run_time_is_package_data() -> None:
+    """The served page, export's samples and the web site's sources ship in the wheel (convert --to web works
+    from a pip install): each file matches a [tool.setuptools.package-data] pattern."""
+    package = ROOT / "src" / "altclip_onnx"
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["altclip_onnx"]
+    files = [p for folder in ("serve/static", "export/samples", "web/sources") for p in (package / folder).rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    assert any(p.parent.name == "src" and p.suffix == ".js" for p in files)
+    def shipped(relative: PurePosixPath) -> bool:  # setuptools' globs: "*" stays within one folder
+        return any(len(relative.parts) == len(PurePosixPath(g).parts) and relative.match(g) for g in patterns)
+
+    unshipped = [str(p.relative_to(package)) for p in files if not shipped(PurePosixPath(p.relative_to(package).as_posix()))]
+    assert unshipped == []

@@ -122,7 +122,7 @@ def test_image_vectors_equal_the_runtime(precision: str, pages, encoders, fixtur
 
 
 def test_pixel_values_equal_the_runtime(precision: str, pages, encoders, fixture_photos, library) -> None:  # type: ignore[no-untyped-def]
-    """The page's port of the runtime's preprocessing (web/src/pixels.js): the browser decodes, then Pillow's
+    """The page's port of the runtime's preprocessing (src/altclip_onnx/web/sources/src/pixels.js): the browser decodes, then Pillow's
     resampling, crop and normalization table as in altclip_onnx.runtime.images."""
     photos = [*fixture_photos, *library]
     page = pages(precision)

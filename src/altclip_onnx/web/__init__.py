@@ -1,7 +1,7 @@
 """The bundle as a static site that searches photos in the browser (``altclip-onnx convert --to web``), and a
 loopback server for it with the headers WebAssembly threads need (``altclip-onnx serve-static``).
 
-:mod:`.npm` installs the page's npm packages (the checkout's ``web/package-lock.json``) into the user's cache
+:mod:`.npm` installs the page's npm packages (``sources/package-lock.json``, shipped with the package) into the user's cache
 and bundles the page with esbuild; :mod:`.site` assembles the folder; :mod:`.server` serves it. Runtime side:
 never imports torch, transformers or onnx (the transformers.js layout of the model is written by the caller,
 ``cli/convert.py``, with :mod:`altclip_onnx.convert`).

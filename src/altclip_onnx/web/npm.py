@@ -1,7 +1,7 @@
 """The page's JavaScript: npm packages from the checkout's lockfile, installed once into the user's cache,
 and esbuild bundling the page's sources with them.
 
-``web/package.json`` and ``web/package-lock.json`` pin @huggingface/transformers (which brings
+``sources/package.json`` and ``sources/package-lock.json`` (package data) pin @huggingface/transformers (which brings
 onnxruntime-web) and esbuild. ``npm ci`` runs into ``$XDG_CACHE_HOME/altclip-onnx/web-npm/<lockfile hash>``
 (install scripts off: nothing downloads a binary), under a lock, so a second build reuses it.
 """
@@ -19,9 +19,9 @@ from ..errors import AltclipOnnxError, ExportError
 from ..files import lock_file
 
 #: The checkout's page sources: package.json, package-lock.json, src/ (JavaScript), page/ (HTML, CSS).
-WEB_SOURCES = Path(__file__).resolve().parents[3] / "web"
+WEB_SOURCES = Path(__file__).resolve().parent / "sources"  # package data: a pip install has them too
 LOCKFILE = "package-lock.json"
-# The entry points esbuild bundles (web/src/NAME.js -> SITE/assets/NAME.js).
+# The entry points esbuild bundles (sources/src/NAME.js -> SITE/assets/NAME.js).
 ENTRY_POINTS = ("app", "worker")
 NPM_TIMEOUT = 900  # seconds
 
@@ -42,7 +42,7 @@ def require_node() -> tuple[str, str]:
 def require_sources(sources: Path = WEB_SOURCES) -> Path:
     if not (sources / LOCKFILE).is_file():
         raise ExportError(f"{sources}: the page's sources (package-lock.json, src/, page/) are missing; "
-                          "convert --to web runs from a checkout of altclip-onnx")
+                          "reinstall altclip-onnx")
     return sources
 
 
@@ -78,7 +78,7 @@ def installed_packages(npm: str, sources: Path = WEB_SOURCES, progress=lambda st
 
 
 def bundle_page(node: str, packages: Path, out: Path, sources: Path = WEB_SOURCES) -> list[Path]:
-    """esbuild web/src/{app,worker}.js (with their npm imports) into ``out`` as browser ES modules."""
+    """esbuild sources/src/{app,worker}.js (with their npm imports) into ``out`` as browser ES modules."""
     esbuild = packages / "node_modules" / "esbuild" / "bin" / "esbuild"
     entries = [str(sources / "src" / f"{name}.js") for name in ENTRY_POINTS]
     command = [node, str(esbuild), *entries, "--bundle", "--format=esm", "--platform=browser", "--target=es2022",

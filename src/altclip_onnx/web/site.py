@@ -3,9 +3,9 @@ model in transformers.js' layout, in one folder that any static host can serve (
 threads: docs/web.md).
 
     SITE/
-      index.html, style.css, icon.svg     the page (web/page/; the served page's stylesheet and icon)
+      index.html, style.css, icon.svg     the page (sources/page/; the served page's stylesheet and icon)
       site.json                           what the page loads: model folder, transformers.js dtype, sizes
-      assets/app.js, assets/worker.js     web/src/ bundled by esbuild (transformers.js, onnxruntime-web)
+      assets/app.js, assets/worker.js     sources/src/ bundled by esbuild (transformers.js, onnxruntime-web)
       ort/<version>/ort-wasm-simd-threaded.asyncify.{mjs,wasm}   onnxruntime-web's runtime, from the site itself
       models/<fingerprint>-<precision>/   the transformers.js layout of the bundle at one precision
 """
