@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,13 +52,6 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002  quiet: one line per error only
         if args and str(args[1] if len(args) > 1 else "").startswith(("4", "5")):
             super().log_message(format, *args)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
 
 
 def make_server(site: Path, options: StaticOptions) -> http.server.ThreadingHTTPServer:
