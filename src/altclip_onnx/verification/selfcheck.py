@@ -72,9 +72,11 @@ def gpu_identity() -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=None)
 def runtime_identity(provider: str | None = None) -> str:
     """Which runtime build runs: OpenVINO's for its own runtime, else onnxruntime's (the package name tells
-    CPU, GPU and OpenVINO flavours apart)."""
+    CPU, GPU and OpenVINO flavours apart). Cached: every Encoder start asks it once per provider (the tune
+    profile's key), and the installed packages do not change under a running process."""
     if provider == OPENVINO_RUNTIME:
         try:
             return f"openvino {metadata.version('openvino')}"
