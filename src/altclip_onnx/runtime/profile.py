@@ -40,10 +40,9 @@ def profile_key(manifest: Manifest, place: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def save_profile(bundle: Path, manifest: Manifest, profile: dict[str, Any]) -> Path | None:
-    """Record ``profile`` (``{"chosen": {tower: {"provider", "precision"}}, ...}``) for this machine; where
-    it went (None: nowhere writable)."""
-    place = machine()
+def save_profile(bundle: Path, manifest: Manifest, profile: dict[str, Any], place: dict[str, Any]) -> Path | None:
+    """Record ``profile`` (``{"chosen": {tower: {"provider", "precision"}}, ...}``) for ``place`` (this
+    :func:`machine`); where it went (None: nowhere writable)."""
     return record(bundle, manifest, profile_key(manifest, place), {**profile, "machine": place}, section=SECTION)
 
 

@@ -155,13 +155,13 @@ def tune_bundle(bundle: str | os.PathLike[str], settings: TuneSettings = TuneSet
         for tower in TOWERS:  # one tower's sessions at a time: all of a full-size bundle's would take 10 GB
             runners, tower_rows, tower_refused = _load_and_check(bundle, manifest, tower, providers, settings,
                                                                  run_options, progress)
-            _time(runners, tower_rows, manifest, settings, progress)
+            _time(tower, runners, tower_rows, manifest, settings, progress)
             rows += tower_rows
             refused.update(tower_refused)
             del runners
     result = TuneResult(bundle, settings, machine(), rows, choose(rows), refused)
     if save:
-        result.saved = save_profile(bundle, manifest, result.profile())
+        result.saved = save_profile(bundle, manifest, result.profile(), result.machine)
     return result
 
 
@@ -199,33 +199,32 @@ def _load_and_check(bundle: Path, manifest: Manifest, tower: str, providers: lis
     return runners, rows, refused
 
 
-def _time(runners: dict[tuple[str, str, str], Runner], rows: list[Candidate], manifest: Manifest,
+def _time(tower: str, runners: dict[tuple[str, str, str], Runner], rows: list[Candidate], manifest: Manifest,
           settings: TuneSettings, progress: Callable[[str], None]) -> None:
-    """Fill in items/s of the verified rows: per tower and batch size, interleaved medians."""
-    def inputs(tower: str, batch: int) -> dict[str, Any]:
+    """Fill in items/s of ``tower``'s verified rows: per batch size, interleaved medians."""
+    if not runners:
+        return
+
+    def inputs(batch: int) -> dict[str, Any]:
         return make_inputs(tower, batch, image_size=manifest.image.size, tokens=settings.tokens,
                            vocab_size=manifest.text.vocab_size)
 
-    first = {}
-    for key, run in runners.items():
-        one = inputs(key[0], 1)
+    one = inputs(1)
+    single_s = 0.0  # one call of each candidate at batch 1
+    for run in runners.values():
         run(one)  # the first call pays for allocations; the second tells the time
         started = time.perf_counter()
         run(one)
-        first[key] = time.perf_counter() - started
-    towers = [tower for tower in TOWERS if any(key[0] == tower for key in runners)]
-    steps = [(tower, batch) for tower in towers for batch in TUNED_BATCHES[tower]]
-    # per step: warm-up + repeats rounds (fewer past the budget), each call about batch times a single call
-    estimate = 0.0
-    for tower, batch in steps:
-        round_s = sum(t * batch for key, t in first.items() if key[0] == tower)
-        estimate += round_s * (1 + min(settings.repeats, max(3, settings.budget_s // max(round_s, 1e-9))))
-    progress(f"timing {len(runners)} verified candidates at {len(steps)} batch sizes: {about(estimate)}")
-    for step, (tower, batch) in enumerate(steps, 1):
-        group = {key: run for key, run in runners.items() if key[0] == tower}
-        progress(f"[{step}/{len(steps)}] the {tower} tower at batch {batch}: {len(group)} candidates")
-        data = inputs(tower, batch)
-        medians = interleaved_medians({key: (lambda run=run: run(data)) for key, run in group.items()},
+        single_s += time.perf_counter() - started
+    batches = TUNED_BATCHES[tower]
+    # per batch size: warm-up + repeats rounds (fewer past the budget), each call about batch times a single call
+    estimate = sum(single_s * batch * (1 + min(settings.repeats, max(3, settings.budget_s // max(single_s * batch, 1e-9))))
+                   for batch in batches)
+    progress(f"timing {len(runners)} verified candidates at {len(batches)} batch sizes: {about(estimate)}")
+    for step, batch in enumerate(batches, 1):
+        progress(f"[{step}/{len(batches)}] the {tower} tower at batch {batch}: {len(runners)} candidates")
+        data = inputs(batch)
+        medians = interleaved_medians({key: (lambda run=run: run(data)) for key, run in runners.items()},
                                       repeats=settings.repeats, budget_s=settings.budget_s)
         for row in rows:
             key = (row.tower, row.provider, row.precision)
