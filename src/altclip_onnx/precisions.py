@@ -65,6 +65,8 @@ FP16 = Precision(
 #: In the order bundles list them; fp32 first (every bundle has it: it is the reference).
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (FP32, INT8, FP16)}
 PRECISION_NAMES: tuple[str, ...] = tuple(PRECISIONS)
+#: transformers.js' name for each precision's graph (its ``dtype`` option; its "q8" file is our int8 graph).
+TRANSFORMERS_JS_DTYPES: dict[str, str] = {"fp32": "fp32", "int8": "q8", "fp16": "fp16"}
 #: What export writes unless told otherwise: the reference and the variant for CPUs.
 EXPORTED_BY_DEFAULT: tuple[str, ...] = (FP32.name, INT8.name)
 #: Left to the program: a precision (:func:`auto_order`), the providers (:mod:`altclip_onnx.runtime.providers`),

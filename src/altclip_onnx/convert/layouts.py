@@ -55,7 +55,6 @@ CLIENTS = (TRANSFORMERS_JS, IMMICH)
 # transformers.js: graph base names per tower, and file suffix + dtype name per precision.
 TJS_GRAPH_NAMES = {TEXTUAL: "text_model", VISUAL: "vision_model"}
 TJS_SUFFIXES = {"fp32": "", "int8": "_quantized", "fp16": "_fp16"}
-TJS_DTYPES = {"fp32": "fp32", "int8": "q8", "fp16": "fp16"}
 
 IMMICH_OUTPUT = "embedding"
 IMMICH_IMAGE_INPUT = "image"

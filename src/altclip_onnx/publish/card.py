@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import TEXTUAL, TOWERS, VISUAL, Manifest
-from ..convert.layouts import TJS_DTYPES
 from ..models import display_name, languages
-from ..precisions import PRECISIONS
+from ..precisions import PRECISIONS, TRANSFORMERS_JS_DTYPES
 
 TOWER_TITLES = {VISUAL: "image", TEXTUAL: "text"}
 
@@ -80,7 +79,7 @@ def model_card(manifest: Manifest, repo_id: str, *, verify_report: Path | None =
             passed = None
     ref = f"hf://{repo_id}"
     folder = repo_id.split("/")[-1]
-    dtypes = ", ".join(f'`"{TJS_DTYPES[p]}"` ({p})' for p in manifest.precisions(TEXTUAL))
+    dtypes = ", ".join(f'`"{TRANSFORMERS_JS_DTYPES[p]}"` ({p})' for p in manifest.precisions(TEXTUAL))
     exported = ", ".join(f"{k} {v}" for k, v in manifest.exported_with.items())
     sections = [
         _front_matter(manifest),

@@ -22,12 +22,12 @@ from typing import Any
 from ..bundle import read_manifest
 from ..errors import InputError
 from ..files import refuse_non_empty, staging_folder, write_json
+from ..precisions import TRANSFORMERS_JS_DTYPES
 from . import npm
 
 SITE_CONFIG = "site.json"
 PRECISIONS = ("int8", "fp32")
 DEFAULT_PRECISION = "int8"
-TJS_DTYPES = {"int8": "q8", "fp32": "fp32"}  # transformers.js' dtype names (its q8 is our int8 file)
 SERVED_STATIC = Path(__file__).resolve().parents[1] / "serve" / "static"  # the served page's look
 
 
@@ -93,7 +93,7 @@ def build_site(bundle: str | Path, destination: str | Path, write_model: Callabl
             "name": str(manifest.source.get("name") or manifest.variant),
             "model": model_id,
             "precision": precision,
-            "dtype": TJS_DTYPES[precision],
+            "dtype": TRANSFORMERS_JS_DTYPES[precision],
             "embedding_dim": manifest.embedding_dim,
             "max_length": manifest.text.max_length,
             "image": {"size": manifest.image.size, "shortest_edge": manifest.image.shortest_edge,
