@@ -287,3 +287,32 @@ def test_texts_from_64_clients_fill_the_model_calls(tiny_bundle: Path, tmp_path:
     assert [s for row in statuses for s in row] == [200] * (clients * rounds)
     assert texts == clients * rounds
     assert texts / calls >= 0.8 * max_batch, (texts, calls)
+
+
+def test_a_refused_upload_gets_its_answer_and_an_orderly_close(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A client still uploading a body the service refused from its headers (429 past --max-held-mb) reads the
+    whole answer, then the end of the stream (no reset), and may go on sending for a moment without an error:
+    closing a socket with unread bytes would reset the connection, and most clients then lose the answer."""
+    server = slow_server(tiny_bundle, tmp_path, "--max-held-mb", "1")
+    port = int(server.url.rsplit(":", 1)[1])
+    piece = b"x" * 65536
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as held, \
+                socket.create_connection(("127.0.0.1", port), timeout=10) as refused:
+            held.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 900000\r\n\r\n" + b'{"input": "')
+            time.sleep(0.3)
+            refused.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 4000000\r\n\r\n" + piece * 8)  # the body's start, unread when refused
+            answer = b""
+            while chunk := refused.recv(65536):  # a reset raises ConnectionResetError here
+                answer += chunk
+            head, _, body = answer.decode().partition("\r\n\r\n")
+            assert head.startswith("HTTP/1.1 429"), head
+            assert json.loads(body)["error"]["code"] == "overloaded"
+            for _ in range(3):  # the client has not noticed yet: its writes still go through
+                refused.sendall(piece)
+                time.sleep(0.05)
+        assert server.healthy()
+    finally:
+        assert server.stop() == 0, server.log()

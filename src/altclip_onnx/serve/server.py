@@ -14,6 +14,7 @@ import uvicorn
 
 from ..errors import InputError, OutputError
 from .app import create_app
+from .lingering import LingeringHttpToolsProtocol
 from .service import Service
 
 
@@ -61,6 +62,7 @@ def run(service: Service, sock: socket.socket) -> None:
     Closes the service and the socket."""
     try:
         config = uvicorn.Config(create_app(service), log_config=None, lifespan="on", access_log=False,
+                                http=LingeringHttpToolsProtocol,
                                 timeout_graceful_shutdown=service.options.shutdown_grace, server_header=False)
         _Server(config).run(sockets=[sock])
     finally:
