@@ -234,6 +234,41 @@ def test_a_folder_chosen_again_drops_its_removed_photos(precision: str, pages, l
     assert page.call("async () => (await altclip.ready).photos") == len(library)  # the removals were kept too
 
 
+def test_a_folder_read_with_the_file_system_access_api(precision: str, pages, library) -> None:  # type: ignore[no-untyped-def]
+    """The File System Access API's directory handle (the picker itself cannot be driven headless, so the handle
+    is one of the origin-private file system's, the same interface): its photos, a subfolder's included, are
+    indexed as "folder/sub/name"; the handle is kept in IndexedDB, so after a reload rescan() reads the folder
+    again without a picker, embeds nothing unchanged and drops a photo deleted from it."""
+    page: OpenPage = pages(precision)
+    page.files(library)
+    make = """async () => {
+        const root = await (await navigator.storage.getDirectory()).getDirectoryHandle("trip", {create: true});
+        const sub = await root.getDirectoryHandle("day2", {create: true});
+        for (const [i, file] of window.__files.entries()) {
+            const writable = await (await (i % 2 ? sub : root).getFileHandle(file.name, {create: true})).createWritable();
+            await writable.write(file);
+            await writable.close();
+        }
+        return root;
+    }"""
+    kept = len(page.call("() => altclip.photos"))
+    embedded = page.call("() => altclip.stats.embedded")
+    assert page.call(f"async () => await altclip.addFolder(await ({make})())") == kept + len(library)
+    names = page.call("() => altclip.photos.map(p => p.name).filter(n => n.startsWith('trip/'))")
+    assert sorted(names) == sorted(f"trip/{'day2/' if i % 2 else ''}{p.name}" for i, p in enumerate(library))
+    assert page.call("() => altclip.stats.embedded") == embedded + len(library)
+    page.page.reload()
+    assert page.call("async () => { await altclip.ready; return altclip.folder }") == "trip"
+    assert page.page.is_visible("#rescan")
+    page.call("""async (name) => { const root = await (await navigator.storage.getDirectory()).getDirectoryHandle("trip");
+                 await root.removeEntry(name); }""", library[0].name)
+    assert page.call("async () => await altclip.rescan()") == kept + len(library) - 1
+    assert f"trip/{library[0].name}" not in page.call("() => altclip.photos.map(p => p.name)")
+    assert page.call("() => altclip.stats.embedded") == 0  # after the reload: nothing embedded again
+    assert page.call("(names) => altclip.removePhotos(names)",
+                     [n for n in names if n != f"trip/{library[0].name}"]) == kept
+
+
 def test_every_request_stayed_on_the_site(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
     page: OpenPage = pages(precision)
     assert page.errors == []

@@ -5,6 +5,7 @@ threads: docs/web.md).
     SITE/
       index.html, style.css, icon.svg     the page (sources/page/; the served page's stylesheet and icon)
       site.json                           what the page loads: model folder, transformers.js dtype, sizes
+      check.json                          the bundle's quick PyTorch reference cases, which the page runs first
       assets/app.js, assets/worker.js     sources/src/ bundled by esbuild (transformers.js, onnxruntime-web)
       ort/<version>/ort-wasm-simd-threaded.asyncify.{mjs,wasm}   onnxruntime-web's runtime, from the site itself
       models/<fingerprint>-<precision>/   the transformers.js layout of the bundle at one precision
@@ -12,6 +13,7 @@ threads: docs/web.md).
 
 from __future__ import annotations
 
+import base64
 import shutil
 import time
 from collections.abc import Callable
@@ -19,13 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bundle import read_manifest
+import numpy as np
+
+from ..bundle import TEXTUAL, TOWER_INPUTS, TOWER_OUTPUTS, VISUAL, Manifest, read_manifest
 from ..errors import InputError
 from ..files import refuse_non_empty, staging_folder, write_json
 from ..precisions import TRANSFORMERS_JS_DTYPES
+from ..precisions import precision as declared_precision
+from ..verification.reference import read_reference
 from . import npm
 
 SITE_CONFIG = "site.json"
+SITE_CHECK = "check.json"
 PRECISIONS = ("int8", "fp32")
 DEFAULT_PRECISION = "int8"
 SERVED_STATIC = Path(__file__).resolve().parents[1] / "serve" / "static"  # the served page's look
@@ -102,7 +109,28 @@ def build_site(bundle: str | Path, destination: str | Path, write_model: Callabl
             "model_files": model_files,
             "wasm": {ext: f"ort/{ort_version}/{path.name}" for ext, path in zip(("mjs", "wasm"), ort_files)},
         })
+        write_json(staging / SITE_CHECK, browser_check(folder, manifest, precision))
         report.files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*"))
                         if p.is_file()}
     report.seconds = time.perf_counter() - started
     return report
+
+
+def browser_check(bundle: Path, manifest: Manifest, precision: str) -> dict[str, Any]:
+    """The first-use check for the page (docs/web.md): the bundle's quick reference cases, images as their 8-bit
+    squares (base64, [N, S, S, 3]) and texts as token ids, with PyTorch's L2-normalized embeddings and the
+    precision's gate. The page runs them on its backend before it embeds anything (its worker.js)."""
+    reference = read_reference(bundle, manifest, quick_only=True)
+    gate = declared_precision(precision).gate
+    cases: dict[str, list[dict[str, Any]]] = {VISUAL: [], TEXTUAL: []}
+    for case, outputs in zip(reference.cases, reference.outputs):
+        expected = np.asarray(outputs[TOWER_OUTPUTS[case.tower][0]], dtype=np.float64)
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        data: dict[str, Any] = {"name": case.name, "expected": np.round(expected, 7).tolist()}
+        if case.tower == VISUAL:
+            squares = np.ascontiguousarray(reference.images[list(case.rows)], dtype=np.uint8)
+            data.update(shape=list(squares.shape), squares=base64.b64encode(squares.tobytes()).decode("ascii"))
+        else:
+            data.update({name: case.inputs[name].astype(np.int64).tolist() for name in TOWER_INPUTS[TEXTUAL]})
+        cases[case.tower].append(data)
+    return {"precision": precision, "min_cosine": gate.min_cosine, "mean_cosine": gate.mean_cosine, **cases}

@@ -1,7 +1,9 @@
 // The page of `altclip-onnx convert BUNDLE --to web`: photo search on the device. The model runs in a Web
 // Worker (worker.js); this side keeps the photos (File objects and their vectors, in memory), draws the UI
 // and exposes window.altclip:
-//   await altclip.ready                      -> {name, precision, embeddingDim, crossOriginIsolated}
+//   await altclip.ready                      -> {name, precision, embeddingDim, backend ("wasm" or "webgpu"),
+//                                               check (the reference check's cosines per tower), webgpu (why
+//                                               not, when not), crossOriginIsolated, threads}
 //   await altclip.tokenize(texts)            -> token ids per text (as the Python runtime's)
 //   await altclip.embedTexts(texts)          -> L2-normalized vectors (Float32Array per text)
 //   await altclip.embedImages(filesOrBlobs)  -> L2-normalized vectors per image
@@ -9,6 +11,11 @@
 //   await altclip.addPhotos(files, onProgress?) -> how many photos are kept; only new or changed ones (name,
 //                                               size, modified time) are embedded; from a folder pick, photos
 //                                               kept under that folder but no longer in it are dropped
+//   await altclip.addFolder(handle, onProgress?) -> the same for a FileSystemDirectoryHandle (File System Access
+//                                               API): its photos, subfolders included, as "folder/sub/name";
+//                                               the handle is kept, so a later visit can scan it again
+//   await altclip.rescan(onProgress?)        -> addFolder on the kept handle (asks for read permission)
+//   altclip.folder                           -> the kept folder's name, or null
 //   await altclip.removePhotos(names)        -> how many photos are kept
 //   await altclip.search(query, k = 24)      -> [{name, score}], best first (score: cosine)
 //   await altclip.searchByImage(file, k = 24) -> the same, for photos like an example image
@@ -37,11 +44,17 @@ function call(op, ...args) {
 const IMAGE_STEP = 4;  // photos per worker call while indexing (progress granularity)
 const THUMBNAIL = 256;  // longest edge of the kept thumbnails, in pixels
 const photos = new Map();  // name -> {name, size, lastModified, file, vector, thumb, url}
+const paths = new WeakMap();  // File -> its path inside a folder read with the File System Access API
+let folderHandle = null;  // the last folder chosen with the File System Access API
 const stats = { embedded: 0, restored: 0 };
 let database = null;  // IndexedDB, opened once the model is known
 
+function relativePath(file) {
+  return paths.get(file) || file.webkitRelativePath;
+}
+
 function nameOf(file) {
-  return file.webkitRelativePath || file.name || `photo-${photos.size + 1}`;
+  return relativePath(file) || file.name || `photo-${photos.size + 1}`;
 }
 
 function isImage(file) {
@@ -54,8 +67,12 @@ function request(r) {
 
 async function openDatabase(model) {
   if (typeof indexedDB === "undefined") return null;
-  const open = indexedDB.open(`altclip-onnx-${model}`, 1);
-  open.onupgradeneeded = () => open.result.createObjectStore("photos", { keyPath: "name" });
+  const open = indexedDB.open(`altclip-onnx-${model}`, 2);
+  open.onupgradeneeded = () => {
+    for (const [name, options] of [["photos", { keyPath: "name" }], ["folders", {}]]) {
+      if (!open.result.objectStoreNames.contains(name)) open.result.createObjectStore(name, options);
+    }
+  };
   try {
     return await request(open);
   } catch (_) {
@@ -63,8 +80,8 @@ async function openDatabase(model) {
   }
 }
 
-function store(mode) {
-  return database.transaction("photos", mode).objectStore("photos");
+function store(mode, name = "photos") {
+  return database.transaction(name, mode).objectStore(name);
 }
 
 async function restore() {
@@ -73,6 +90,7 @@ async function restore() {
     photos.set(name, { name, size, lastModified, file: null, vector, thumb, url: null });
   }
   stats.restored = photos.size;
+  folderHandle = (await request(store("readonly", "folders").get("last"))) || null;
 }
 
 function forget(photo) {
@@ -93,7 +111,7 @@ async function removePhotos(names) {
 async function addPhotos(files, onProgress = () => {}) {
   const picked = [...files].filter(isImage);
   // A folder pick is the folder's whole content: what it kept under that folder before and lacks now is gone.
-  const folders = new Set(picked.map((f) => f.webkitRelativePath).filter(Boolean).map((p) => p.split("/")[0] + "/"));
+  const folders = new Set(picked.map(relativePath).filter(Boolean).map((p) => p.split("/")[0] + "/"));
   const names = new Set(picked.map(nameOf));
   await removePhotos([...photos.keys()].filter((n) => !names.has(n) && [...folders].some((f) => n.startsWith(f))));
   const fresh = [];
@@ -128,6 +146,38 @@ async function addPhotos(files, onProgress = () => {}) {
   return photos.size;
 }
 
+// Every file under a directory handle, its path ("folder/sub/name") remembered for nameOf.
+async function walk(handle, prefix, out) {
+  for await (const entry of handle.values()) {
+    if (entry.kind === "directory") {
+      await walk(entry, `${prefix}${entry.name}/`, out);
+    } else {
+      const file = await entry.getFile();
+      paths.set(file, `${prefix}${file.name}`);
+      out.push(file);
+    }
+  }
+  return out;
+}
+
+async function addFolder(handle, onProgress) {
+  const files = await walk(handle, `${handle.name}/`, []);
+  folderHandle = handle;
+  if (database) await request(store("readwrite", "folders").put(handle, "last"));
+  if (!files.some(isImage)) {  // an empty folder still drops what was kept under it
+    await removePhotos([...photos.keys()].filter((n) => n.startsWith(`${handle.name}/`)));
+  }
+  return addPhotos(files, onProgress);
+}
+
+async function rescan(onProgress) {
+  if (!folderHandle) throw new Error("no folder was chosen on this page yet");
+  if (folderHandle.requestPermission && await folderHandle.requestPermission({ mode: "read" }) !== "granted") {
+    throw new Error(`reading ${folderHandle.name} was not allowed`);
+  }
+  return addFolder(folderHandle, onProgress);
+}
+
 function dot(a, b) {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += a[i] * b[i];
@@ -157,6 +207,9 @@ window.altclip = {
   embedImages: (files) => ready.then(() => call("embedImages", [...files])),
   pixelValues: (files) => ready.then(() => call("pixels", [...files])),
   addPhotos: (files, onProgress) => ready.then(() => addPhotos(files, onProgress)),
+  addFolder: (handle, onProgress) => ready.then(() => addFolder(handle, onProgress)),
+  rescan: (onProgress) => ready.then(() => rescan(onProgress)),
+  get folder() { return folderHandle ? folderHandle.name : null; },
   removePhotos: (names) => ready.then(() => removePhotos([...names])),
   search: async (query, k = 24) => {
     await ready;
@@ -181,18 +234,23 @@ function setStatus(element, text, error = false) {
   element.classList.toggle("error", error);
 }
 
-async function index(files) {
+// adding(onProgress) adds photos (addPhotos, addFolder or rescan) while the progress is shown.
+async function index(adding) {
   const status = $("index-status");
   const bar = $("progress");
   const started = performance.now();
   bar.hidden = false;
   try {
-    const total = await window.altclip.addPhotos(files, (n, of) => {
+    const total = await adding((n, of) => {
       bar.max = Math.max(of, 1);
       bar.value = n;
-      const rate = n / Math.max((performance.now() - started) / 1000, 1e-3);
-      setStatus(status, of ? `Embedding photos: ${n} of ${of}` + (n ? ` (${rate.toFixed(1)} photos/s)` : "") : "No new photos.");
+      const seconds = (performance.now() - started) / 1000;
+      const rate = n / Math.max(seconds, 1e-3);
+      const left = n ? `, about ${Math.ceil((of - n) / rate)} s left` : "";
+      setStatus(status, of ? `Embedding photos: ${n} of ${of}` + (n ? ` (${rate.toFixed(1)} photos/s${left})` : "")
+                           : "No new photos.");
     });
+    $("rescan").hidden = !folderHandle;
     setStatus(status, `${total} photo${total === 1 ? "" : "s"} ready to search.`);
     for (const id of ["q", "search-button", "search-file"]) $(id).disabled = false;
     if ($("q").value.trim()) await search();
@@ -242,9 +300,14 @@ async function search(example = null) {
 function setUp() {
   const status = $("model-status");
   ready.then((info) => {
-    $("model").textContent = `${info.name} · ${info.precision} · on this device`;
+    const backend = info.backend === "webgpu" ? "WebGPU" : "WebAssembly";
+    $("model").textContent = `${info.name} · ${info.precision} · ${backend} · on this device`;
     setStatus(status, "The model is loaded. Add photos: they stay on this device.");
     for (const id of ["folder", "files"]) $(id).disabled = false;
+    if (folderHandle) {
+      $("rescan").textContent = `Scan ${folderHandle.name} again`;
+      $("rescan").hidden = false;
+    }
     if (photos.size) {
       setStatus($("index-status"), `${photos.size} photo${photos.size === 1 ? "" : "s"} kept from before, ready to ` +
                 "search. Choose the folder again to add new photos and drop removed ones.");
@@ -255,9 +318,24 @@ function setUp() {
     $(id).addEventListener("change", (event) => {
       const files = [...event.target.files];  // a copy: clearing the input empties its FileList
       event.target.value = "";
-      index(files);
+      index((onProgress) => addPhotos(files, onProgress));
     });
   }
+  // The File System Access API where the browser has it: the folder's handle is kept, so a later visit can
+  // scan it again without choosing it; elsewhere the <input webkitdirectory> above.
+  if (window.showDirectoryPicker) {
+    $("folder-label").addEventListener("click", async (event) => {
+      event.preventDefault();
+      let handle;
+      try {
+        handle = await window.showDirectoryPicker({ id: "altclip-photos", mode: "read" });
+      } catch (_) {
+        return;  // the picker was closed
+      }
+      index((onProgress) => addFolder(handle, onProgress));
+    });
+  }
+  $("rescan").addEventListener("click", () => index(rescan));
   $("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
   $("search-file").addEventListener("change", (event) => {
     const [file] = event.target.files;
@@ -271,7 +349,7 @@ function setUp() {
   zone.addEventListener("drop", (event) => {
     over(false)(event);
     const files = [...event.dataTransfer.files];
-    ready.then(() => index(files));
+    ready.then(() => index((onProgress) => addPhotos(files, onProgress)));
   });
 }
 

@@ -172,6 +172,16 @@ export async function decode(blob, thumbnail = 0) {
   return { rgb, width, height, thumb };
 }
 
+// float32 [3, size, size] written into `out` at `offset` from an 8-bit square already resized and cropped
+// (HWC RGB, size x size): the lookups alone, as the Python runtime's normalize().
+export function normalizeSquare(square, spec, out, offset) {
+  const table = levelTable(spec);
+  const plane = spec.size * spec.size;
+  for (let i = 0; i < plane; i++) {
+    for (let c = 0; c < 3; c++) out[offset + c * plane + i] = table[c * 256 + square[i * 3 + c]];
+  }
+}
+
 // float32 [3, size, size] written into `out` at `offset`: the tower's input for one decoded image.
 export function pixelValues({ rgb, width, height }, spec, out, offset) {
   const [w, h] = outputSize(width, height, spec.shortest_edge);

@@ -1,11 +1,14 @@
 // The model side of the page, in a Web Worker: transformers.js' tokenizer, CLIP image processor and the two
-// towers (CLIPTextModelWithProjection, CLIPVisionModelWithProjection) on onnxruntime-web's WebAssembly backend.
+// towers (CLIPTextModelWithProjection, CLIPVisionModelWithProjection) on onnxruntime-web: WebGPU when the
+// browser has a GPU adapter and its numbers pass the check below, else WebAssembly. Before either is used, it
+// runs the bundle's quick PyTorch reference cases (check.json) and must pass the precision's gate; a
+// WebAssembly backend that fails it makes init fail (the page says so and embeds nothing).
 // Everything is loaded from the site itself (env.allowRemoteModels = false, wasmPaths on the site).
 // Messages: {id, op, args} -> {id, result} or {id, error}.
 import {
   env, AutoTokenizer, AutoProcessor, CLIPTextModelWithProjection, CLIPVisionModelWithProjection, RawImage, Tensor,
 } from "@huggingface/transformers";
-import { decode, pixelValues, supported } from "./pixels.js";
+import { decode, normalizeSquare, pixelValues, supported } from "./pixels.js";
 
 const TEXT_BATCH = 32;
 const IMAGE_BATCH = 4;
@@ -29,12 +32,81 @@ async function init({ base, config }) {
   // Threads need cross-origin isolation (SharedArrayBuffer): one per core, at most 4 (onnxruntime-web's
   // own default takes half the cores).
   env.backends.onnx.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-  const options = { dtype: config.dtype, device: "wasm" };
   [tokenizer, processor] = await Promise.all([
     AutoTokenizer.from_pretrained(config.model), AutoProcessor.from_pretrained(config.model)]);
-  textModel = await CLIPTextModelWithProjection.from_pretrained(config.model, options);
-  visionModel = await CLIPVisionModelWithProjection.from_pretrained(config.model, options);
-  return { crossOriginIsolated: self.crossOriginIsolated, threads: env.backends.onnx.wasm.numThreads ?? null };
+  const reference = await (await fetch(new URL("check.json", base))).json();
+  let webgpu = "no WebGPU adapter in this browser";
+  if (self.navigator.gpu && await self.navigator.gpu.requestAdapter().catch(() => null)) {
+    try {
+      await load("webgpu");
+      const check = await selfCheck(reference);
+      if (check.passed) {
+        return { backend: "webgpu", check, crossOriginIsolated: self.crossOriginIsolated, threads: null };
+      }
+      webgpu = `refused: ${check.failure}`;
+    } catch (error) {
+      webgpu = `failed to load: ${error.message || error}`;
+    }
+  }
+  await load("wasm");
+  const check = await selfCheck(reference);
+  if (!check.passed) {
+    throw new Error(`this browser's numbers do not match the bundle's PyTorch reference: ${check.failure}; ` +
+                    "rebuild the site at --precision fp32, or use another browser");
+  }
+  return { backend: "wasm", check, webgpu, crossOriginIsolated: self.crossOriginIsolated,
+           threads: env.backends.onnx.wasm.numThreads ?? null };
+}
+
+async function load(device) {
+  const options = { dtype: site.dtype, device };
+  textModel = await CLIPTextModelWithProjection.from_pretrained(site.model, options);
+  visionModel = await CLIPVisionModelWithProjection.from_pretrained(site.model, options);
+}
+
+function cosine(a, b) {
+  let dot = 0, norm = 0;
+  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; norm += a[i] * a[i]; }
+  return dot / Math.sqrt(norm || 1);  // b is stored normalized
+}
+
+// The reference cases on the loaded towers: per tower the least and the mean cosine of a row to PyTorch's,
+// held against the precision's gate (precisions.py, as the Python runtime's first-use check).
+async function selfCheck(reference) {
+  const spec = site.image;
+  const result = { passed: true, failure: null };
+  for (const tower of ["visual", "textual"]) {
+    const cosines = [];
+    for (const item of reference[tower]) {
+      let output;
+      if (tower === "visual") {
+        const [n, size] = item.shape;
+        const squares = Uint8Array.from(atob(item.squares), (c) => c.charCodeAt(0));
+        const data = new Float32Array(n * 3 * size * size);
+        for (let i = 0; i < n; i++) {
+          normalizeSquare(squares.subarray(i * size * size * 3), spec, data, i * 3 * size * size);
+        }
+        ({ image_embeds: output } = await visionModel({ pixel_values: new Tensor("float32", data, [n, 3, size, size]) }));
+      } else {
+        const tensor = (rows) => new Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [rows.length, rows[0].length]);
+        ({ text_embeds: output } = await textModel({
+          input_ids: tensor(item.input_ids), attention_mask: tensor(item.attention_mask) }));
+      }
+      const rows = normalized(output);
+      rows.forEach((row, r) => cosines.push([cosine(row, item.expected[r]), `${item.name} row ${r}`]));
+    }
+    const least = cosines.reduce((a, b) => (b[0] < a[0] ? b : a));
+    const mean = cosines.reduce((sum, [c]) => sum + c, 0) / cosines.length;
+    result[tower] = { min_cosine: least[0], mean_cosine: mean, rows: cosines.length };
+    if (result.passed && least[0] < reference.min_cosine) {
+      result.passed = false;
+      result.failure = `${tower} ${reference.precision} ${least[1]}: cosine ${least[0].toFixed(4)} < ${reference.min_cosine}`;
+    } else if (result.passed && reference.mean_cosine !== null && mean < reference.mean_cosine) {
+      result.passed = false;
+      result.failure = `${tower} ${reference.precision}: mean cosine ${mean.toFixed(4)} < ${reference.mean_cosine}`;
+    }
+  }
+  return result;
 }
 
 // Token ids as the Python runtime makes them: <s> ... </s>, at most max_length, </s> kept as the last one

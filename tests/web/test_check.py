@@ -1,0 +1,67 @@
+"""The page's own first-use check: before it embeds anything, the site runs the bundle's quick PyTorch reference
+cases (``check.json``) on its backend and holds them against the precision's gate, as ``Encoder`` does. A site
+whose numbers do not match refuses to start and says why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from altclip_onnx import Encoder
+from altclip_onnx.bundle import TOWER_INPUTS, TOWER_OUTPUTS, read_manifest
+from altclip_onnx.precisions import precision as declared_precision
+from altclip_onnx.verification.reference import read_reference
+
+from .conftest import PRECISIONS, TIMEOUT, OpenPage, StaticServer
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_page_checks_itself_against_the_bundles_reference(precision: str, pages, tiny_bundle: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every quick case runs in the browser; its least cosine per tower clears the gate and equals, within
+    1e-4, what the Python runtime's session gets on the same inputs. No GPU here: WebAssembly, and why not WebGPU."""
+    page: OpenPage = pages(precision)
+    check, gate = page.info["check"], declared_precision(precision).gate
+    assert page.info["backend"] == "wasm" and "WebGPU" in page.info["webgpu"]
+    assert check["passed"] is True and check["failure"] is None
+    manifest = read_manifest(tiny_bundle)
+    reference = read_reference(tiny_bundle, manifest, quick_only=True)
+    encoder = Encoder(tiny_bundle, provider="cpu", precision=precision)
+    for tower in ("visual", "textual"):
+        cases = [(c, o) for c, o in zip(reference.cases, reference.outputs) if c.tower == tower]
+        assert check[tower]["rows"] == sum(c.size for c, _ in cases) > 0
+        runtime = []
+        for case, outputs in cases:
+            got = encoder.session(tower).run([TOWER_OUTPUTS[tower][0]], {n: case.inputs[n] for n in TOWER_INPUTS[tower]})[0]
+            want = outputs[TOWER_OUTPUTS[tower][0]]
+            runtime += list((got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1))
+        assert check[tower]["min_cosine"] >= gate.min_cosine
+        assert abs(check[tower]["min_cosine"] - min(runtime)) <= 1e-4, (check[tower], min(runtime))
+        assert abs(check[tower]["mean_cosine"] - float(np.mean(runtime))) <= 1e-4
+
+
+def test_a_site_whose_numbers_do_not_match_refuses_to_start(sites: dict[str, Path], browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The stored vectors of the image cases swapped between rows (what a wrong kernel or preprocessing would
+    look like from the page's side): ready rejects naming the tower and the gate, and the page says so."""
+    site = tmp_path / "site"
+    shutil.copytree(sites["fp32"], site)
+    check = json.loads((site / "check.json").read_text())
+    for case in check["visual"]:
+        case["expected"] = case["expected"][1:] + case["expected"][:1]
+    (site / "check.json").write_text(json.dumps(check))
+    server = StaticServer.start(site, tmp_path / "serve.log")
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        error = page.evaluate("async () => { try { await altclip.ready; return null } catch (e) { return e.message } }")
+        assert error is not None and "do not match the bundle's PyTorch reference" in error, error
+        assert "visual fp32" in error and "< 0.99999" in error, error
+        page.wait_for_function("() => document.querySelector('#model-status').textContent.includes('did not load')",
+                               timeout=TIMEOUT)
+        assert page.is_disabled("#files")
+    finally:
+        page.close()
+        assert server.stop() == 0
