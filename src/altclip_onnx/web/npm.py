@@ -82,7 +82,7 @@ def bundle_page(node: str, packages: Path, out: Path, sources: Path = WEB_SOURCE
     esbuild = packages / "node_modules" / "esbuild" / "bin" / "esbuild"
     entries = [str(sources / "src" / f"{name}.js") for name in ENTRY_POINTS]
     command = [node, str(esbuild), *entries, "--bundle", "--format=esm", "--platform=browser", "--target=es2022",
-               "--minify", "--legal-comments=none", "--log-level=warning", f"--outdir={out}"]
+               "--minify", "--legal-comments=none", "--log-level=warning", f"--outdir={out.resolve()}"]  # (cwd: packages)
     env = dict(os.environ, NODE_PATH=str(packages / "node_modules"))  # the sources' imports resolve there
     result = subprocess.run(command, cwd=packages, env=env, capture_output=True, text=True, timeout=NPM_TIMEOUT)
     if result.returncode != 0:
