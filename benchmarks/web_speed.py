@@ -75,6 +75,21 @@ def photo_files(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def wait_for(url: str, server: subprocess.Popen, seconds: float = 60.0) -> None:
+    """Until ``url`` answers (serve-static has started), or exit saying why."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"serve-static did not answer {url} within {seconds:g} s")
+            time.sleep(0.2)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -93,7 +108,7 @@ def browser_run(site: Path, photos: list[Path], texts: list[str], say) -> dict: 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     result: dict = {}
     try:
-        time.sleep(1.0)
+        wait_for(f"http://127.0.0.1:{port}/site.json", server)
         with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
                                                                     args=FLAGS)
