@@ -181,6 +181,19 @@ def test_indexing_through_the_page_and_search_ranking(precision: str, pages, enc
         "async (q) => (await altclip.search(q, 1))[0].name", QUERIES[0])
 
 
+def test_the_model_files_report_their_progress(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
+    """While the model loads, the worker reports each file's bytes (altclip.loading, and the status line): every
+    graph of the model folder ends at its full size as site.json lists it."""
+    page: OpenPage = pages(precision)
+    files = json.loads(urllib.request.urlopen(page.origin + "/site.json").read())["model_files"]
+    loading = page.call("() => altclip.loading")
+    graphs = {name: size for name, size in files.items() if name.endswith(".onnx")}
+    assert len(graphs) == 2
+    for name, size in graphs.items():
+        assert loading["files"][name] == {"loaded": size, "total": size}, (name, loading["files"])
+    assert loading["loaded"] == loading["total"] >= sum(graphs.values())
+
+
 def test_the_page_fits_a_phone(precision: str, pages, screenshot_dir: Path) -> None:  # type: ignore[no-untyped-def]
     page = pages(precision).page
     page.set_viewport_size({"width": 390, "height": 844})

@@ -20,6 +20,8 @@
 //   await altclip.search(query, k = 24)      -> [{name, score}], best first (score: cosine)
 //   await altclip.searchByImage(file, k = 24) -> the same, for photos like an example image
 //   altclip.photos                           -> [{name, size, lastModified, file}] (file: null after a reload)
+//   altclip.loading                          -> {loaded, total, files: {file: {loaded, total}}}: bytes of the
+//                                               model's files read so far (downloaded, or from the cache)
 //   altclip.stats                            -> {embedded, restored}: images embedded by this page, photos
 //                                               restored from IndexedDB at load
 // The photos' vectors, identities and 256-px thumbnails are kept in IndexedDB (one database per model), so a
@@ -28,7 +30,16 @@ const base = new URL("./", document.baseURI).href;
 const worker = new Worker(new URL("assets/worker.js", base), { type: "module" });
 const pending = new Map();
 let nextId = 0;
-worker.onmessage = ({ data: { id, result, error } }) => {
+const loading = { loaded: 0, total: 0, files: {} };
+worker.onmessage = ({ data: { id, result, error, loading: file } }) => {
+  if (file) {
+    loading.files[file.file] = { loaded: file.loaded, total: file.total };
+    const all = Object.values(loading.files);
+    loading.loaded = all.reduce((sum, f) => sum + f.loaded, 0);
+    loading.total = all.reduce((sum, f) => sum + f.total, 0);
+    showLoading();
+    return;
+  }
   const { resolve, reject } = pending.get(id);
   pending.delete(id);
   if (error) reject(new Error(error)); else resolve(result);
@@ -222,6 +233,7 @@ window.altclip = {
   get photos() {
     return [...photos.values()].map(({ name, size, lastModified, file }) => ({ name, size, lastModified, file }));
   },
+  loading,
   stats,
 };
 
@@ -232,6 +244,16 @@ const RESULTS = 24;
 function setStatus(element, text, error = false) {
   element.textContent = text;
   element.classList.toggle("error", error);
+}
+
+let modelReady = false;
+let expectedBytes = 0;  // the model folder's files (site.json), known before they load
+config.then((site) => { expectedBytes = Object.values(site.model_files || {}).reduce((sum, n) => sum + n, 0); });
+function showLoading() {
+  if (modelReady || !loading.total) return;
+  const mb = (bytes) => (bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0);
+  setStatus($("model-status"), `Loading the model: ${mb(loading.loaded)} of ${mb(Math.max(loading.total, expectedBytes))} MB (kept in this ` +
+            "browser afterwards, so later visits read it from there)…");
 }
 
 // adding(onProgress) adds photos (addPhotos, addFolder or rescan) while the progress is shown.
@@ -300,6 +322,7 @@ async function search(example = null) {
 function setUp() {
   const status = $("model-status");
   ready.then((info) => {
+    modelReady = true;
     const backend = info.backend === "webgpu" ? "WebGPU" : "WebAssembly";
     $("model").textContent = `${info.name} · ${info.precision} · ${backend} · on this device`;
     setStatus(status, "The model is loaded. Add photos: they stay on this device.");

@@ -4,7 +4,7 @@
 // runs the bundle's quick PyTorch reference cases (check.json) and must pass the precision's gate; a
 // WebAssembly backend that fails it makes init fail (the page says so and embeds nothing).
 // Everything is loaded from the site itself (env.allowRemoteModels = false, wasmPaths on the site).
-// Messages: {id, op, args} -> {id, result} or {id, error}.
+// Messages: {id, op, args} -> {id, result} or {id, error}; while files load, {loading: {file, loaded, total}}.
 import {
   env, AutoTokenizer, AutoProcessor, CLIPTextModelWithProjection, CLIPVisionModelWithProjection, RawImage, Tensor,
 } from "@huggingface/transformers";
@@ -17,6 +17,18 @@ let tokenizer = null;
 let processor = null;
 let textModel = null;
 let visionModel = null;
+const PROGRESS_EVERY_MS = 100;  // at most this often per file, and at its end
+const reported = new Map();  // file -> when its progress was last posted
+
+// transformers.js' progress events for the files it loads (from the site, or from Cache Storage), posted to the page.
+function progress(event) {
+  if (event.status !== "progress" || !event.file) return;
+  const now = performance.now();
+  const done = event.loaded >= event.total;
+  if (!done && now - (reported.get(event.file) ?? -Infinity) < PROGRESS_EVERY_MS) return;
+  reported.set(event.file, now);
+  self.postMessage({ loading: { file: event.file, loaded: event.loaded, total: event.total } });
+}
 
 async function init({ base, config }) {
   site = config;
@@ -33,7 +45,8 @@ async function init({ base, config }) {
   // own default takes half the cores).
   env.backends.onnx.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   [tokenizer, processor] = await Promise.all([
-    AutoTokenizer.from_pretrained(config.model), AutoProcessor.from_pretrained(config.model)]);
+    AutoTokenizer.from_pretrained(config.model, { progress_callback: progress }),
+    AutoProcessor.from_pretrained(config.model, { progress_callback: progress })]);
   const reference = await (await fetch(new URL("check.json", base))).json();
   let webgpu = "no WebGPU adapter in this browser";
   if (self.navigator.gpu && await self.navigator.gpu.requestAdapter().catch(() => null)) {
@@ -59,7 +72,7 @@ async function init({ base, config }) {
 }
 
 async function load(device) {
-  const options = { dtype: site.dtype, device };
+  const options = { dtype: site.dtype, device, progress_callback: progress };
   textModel = await CLIPTextModelWithProjection.from_pretrained(site.model, options);
   visionModel = await CLIPVisionModelWithProjection.from_pretrained(site.model, options);
 }
