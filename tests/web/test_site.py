@@ -316,7 +316,7 @@ def test_a_folder_read_with_the_file_system_access_api(precision: str, pages, li
     assert page.call("() => altclip.stats.embedded") == embedded + len(library)
     page.page.reload()
     assert page.call("async () => { await altclip.ready; return altclip.folder }") == "trip"
-    assert page.page.is_visible("#rescan")
+    assert page.page.is_visible("#rescan") and page.page.inner_text("#rescan") == "Scan trip again"
     page.call("""async (name) => { const root = await (await navigator.storage.getDirectory()).getDirectoryHandle("trip");
                  await root.removeEntry(name); }""", library[0].name)
     assert page.call("async () => await altclip.rescan()") == kept + len(library) - 1

@@ -256,6 +256,11 @@ function showLoading() {
             "browser afterwards, so later visits read it from there)…");
 }
 
+function showRescan() {
+  $("rescan").hidden = !folderHandle;
+  if (folderHandle) $("rescan").textContent = `Scan ${folderHandle.name} again`;
+}
+
 // adding(onProgress) adds photos (addPhotos, addFolder or rescan) while the progress is shown.
 async function index(adding) {
   const status = $("index-status");
@@ -272,7 +277,7 @@ async function index(adding) {
       setStatus(status, of ? `Embedding photos: ${n} of ${of}` + (n ? ` (${rate.toFixed(1)} photos/s${left})` : "")
                            : "No new photos.");
     });
-    $("rescan").hidden = !folderHandle;
+    showRescan();
     setStatus(status, `${total} photo${total === 1 ? "" : "s"} ready to search.`);
     for (const id of ["q", "search-button", "search-file"]) $(id).disabled = false;
     if ($("q").value.trim()) await search();
@@ -327,10 +332,7 @@ function setUp() {
     $("model").textContent = `${info.name} · ${info.precision} · ${backend} · on this device`;
     setStatus(status, "The model is loaded. Add photos: they stay on this device.");
     for (const id of ["folder", "files"]) $(id).disabled = false;
-    if (folderHandle) {
-      $("rescan").textContent = `Scan ${folderHandle.name} again`;
-      $("rescan").hidden = false;
-    }
+    showRescan();
     if (photos.size) {
       setStatus($("index-status"), `${photos.size} photo${photos.size === 1 ? "" : "s"} kept from before, ready to ` +
                 "search. Choose the folder again to add new photos and drop removed ones.");

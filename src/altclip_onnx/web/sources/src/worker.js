@@ -60,12 +60,14 @@ async function init({ base, config }) {
     } catch (error) {
       webgpu = `failed to load: ${error.message || error}`;
     }
+    await Promise.all([textModel, visionModel].map((model) => model?.dispose()));  // the GPU's sessions
   }
   await load("wasm");
   const check = await selfCheck(reference);
   if (!check.passed) {
+    const other = site.precision === "int8" ? "rebuild the site at --precision fp32, or " : "";
     throw new Error(`this browser's numbers do not match the bundle's PyTorch reference: ${check.failure}; ` +
-                    "rebuild the site at --precision fp32, or use another browser");
+                    `${other}use another browser`);
   }
   return { backend: "wasm", check, webgpu, crossOriginIsolated: self.crossOriginIsolated,
            threads: env.backends.onnx.wasm.numThreads ?? null };
