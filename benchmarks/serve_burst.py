@@ -108,12 +108,14 @@ class Sampler(threading.Thread):
 
 async def exchange(port: int, head: bytes, body: bytes | memoryview, timeout: float) -> dict[str, Any]:
     """One request on a new connection: the body sent in pieces while the answer is read. What happened:
-    ``status`` (None without a complete answer), ``headers``, ``body``, ``error``, ``seconds``."""
+    ``status`` (None without a complete answer), ``headers``, ``body``, ``error``, ``seconds``, and
+    ``connect_seconds`` (the TCP handshake, which the kernel completes before the server accepts)."""
     started = time.perf_counter()
     result: dict[str, Any] = {"status": None, "headers": {}, "body": b"", "error": None}
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        result["connect_seconds"] = time.perf_counter() - started
 
         async def send() -> None:
             writer.write(head)
@@ -195,7 +197,8 @@ async def probe(port: int, stop: asyncio.Event, path: str, body: bytes | None, e
         else:
             result = await exchange(port, request_head(path, len(body), 30), body, 30)
         if result["status"] == 200:
-            times.append((sent, time.time(), 1000 * result["seconds"]))  # (when sent, when answered, ms)
+            # (when sent, when answered, ms, ms of it connecting)
+            times.append((sent, time.time(), 1000 * result["seconds"], 1000 * result["connect_seconds"]))
         else:
             failures.append(f"{result['status']} {result['error'] or result['body'][:120]!r}")
         with contextlib.suppress(asyncio.TimeoutError):
@@ -252,10 +255,11 @@ async def burst(port: int, bodies: list[bytes], clients: int, deadline: float, l
     results = [task.result() for task in done]
     results += [{"status": None, "error": "CancelledError: the burst's --limit", "headers": {}, "body": b"",
                  "seconds": wall} for _ in pending]
-    slow = {name: [(round(at - began, 2), round(ms)) for _, at, ms in series if ms > limit_ms]
+    # (seconds after the burst began when answered, ms, of which connecting)
+    slow = {name: [(round(at - began, 2), round(ms), round(connect, 1)) for _, at, ms, connect in series if ms > limit_ms]
             for name, series, limit_ms in (("health", health, HEALTH_P99_MS), ("text", texts, TEXT_P99_MS))}
     # every probe answered during the burst: (seconds after the burst began when it was sent, ms)
-    series = {name: [(round(sent - began, 3), round(ms, 1)) for sent, at, ms in values if at >= began]
+    series = {name: [(round(sent - began, 3), round(ms, 1)) for sent, at, ms, _ in values if at >= began]
               for name, values in (("health", health), ("text", texts))}
     for result in results:
         result["ended"] = result.get("ended", began + wall) - began
