@@ -124,9 +124,8 @@ def browser_check(bundle: Path, manifest: Manifest, precision: str) -> dict[str,
     gate = declared_precision(precision).gate
     cases: dict[str, list[dict[str, Any]]] = {VISUAL: [], TEXTUAL: []}
     for case, outputs in zip(reference.cases, reference.outputs):
-        expected = np.asarray(outputs[TOWER_OUTPUTS[case.tower][0]], dtype=np.float64)
-        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-        data: dict[str, Any] = {"name": case.name, "expected": np.round(expected, 7).tolist()}
+        expected = outputs[TOWER_OUTPUTS[case.tower][1]]  # PyTorch's normalized embeddings, as stored
+        data: dict[str, Any] = {"name": case.name, "expected": np.round(expected.astype(np.float64), 7).tolist()}
         if case.tower == VISUAL:
             squares = np.ascontiguousarray(reference.images[list(case.rows)], dtype=np.uint8)
             data.update(shape=list(squares.shape), squares=base64.b64encode(squares.tobytes()).decode("ascii"))
