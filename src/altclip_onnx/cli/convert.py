@@ -34,8 +34,9 @@ def convert(bundle: str, client: str, output: Path, precisions: tuple[str, ...],
     where the client needs it (input names, int32 inputs, the output it reads), never re-exported. Every
     written graph is then run as the client feeds it next to the bundle's graph; OUT appears only when
     all agree (cosine >= 0.99999). --to web writes the transformers.js layout at one precision beside a page
-    that embeds and searches photos in the browser (its JavaScript bundled with esbuild from the checkout's
-    web/package-lock.json, installed once into the user's cache with npm); serve it with 'serve-static'.
+    that embeds and searches photos in the browser (its JavaScript bundled with esbuild from the npm packages
+    of the lockfile shipped in altclip_onnx/web/sources/, installed once into the user's cache with npm);
+    serve it with 'serve-static'.
     """
     from ..convert import convert_bundle
 

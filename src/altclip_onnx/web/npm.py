@@ -1,4 +1,4 @@
-"""The page's JavaScript: npm packages from the checkout's lockfile, installed once into the user's cache,
+"""The page's JavaScript: npm packages from the lockfile shipped with the package, installed once into the user's cache,
 and esbuild bundling the page's sources with them.
 
 ``sources/package.json`` and ``sources/package-lock.json`` (package data) pin @huggingface/transformers (which brings
@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import AltclipOnnxError, ExportError
 from ..files import lock_file
 
-#: The checkout's page sources: package.json, package-lock.json, src/ (JavaScript), page/ (HTML, CSS).
+#: The page's sources: package.json, package-lock.json, src/ (JavaScript), page/ (HTML, CSS).
 WEB_SOURCES = Path(__file__).resolve().parent / "sources"  # package data: a pip install has them too
 LOCKFILE = "package-lock.json"
 # The entry points esbuild bundles (sources/src/NAME.js -> SITE/assets/NAME.js).
