@@ -14,6 +14,7 @@ import importlib.util
 import itertools
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,13 @@ def missing(message: str) -> None:
     if under_ci() and os.environ.get("ALTCLIP_RUNTIME_ONLY") != "1":
         pytest.fail(message, pytrace=False)
     pytest.skip(message, allow_module_level=True)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on loopback (the servers the tests start bind 127.0.0.1 only)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def require_module(name: str, message: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import altclip_onnx
+
+from ..conftest import free_port
 
 SRC = Path(altclip_onnx.__file__).resolve().parents[1]
 
@@ -38,12 +39,6 @@ def test_convert_to_web_without_node_says_what_to_install(tiny_bundle: Path, tmp
 def test_convert_to_web_takes_one_precision(tiny_bundle: Path, tmp_path: Path) -> None:
     done = run_cli("convert", str(tiny_bundle), "--to", "web", "--precision", "int8,fp32", "-o", str(tmp_path / "s"))
     assert done.returncode != 0 and "one --precision" in done.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_serve_static_sends_the_isolation_headers(tmp_path: Path) -> None:

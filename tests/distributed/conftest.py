@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,18 +31,12 @@ LOOPBACK_AND_TOKEN = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE":
 os.environ.update(LOOPBACK_AND_TOKEN)
 os.environ.pop("RAY_ADDRESS", None)
 
-from ..conftest import require_module  # noqa: E402
+from ..conftest import free_port, require_module  # noqa: E402
 
 require_module("ray.data", "the distributed tests need Ray Data: pip install -e '.[distributed]'")
 require_module("pyarrow", "the distributed tests need pyarrow: pip install -e '.[distributed]'")
 
 RAY = Path(sys.executable).with_name("ray")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

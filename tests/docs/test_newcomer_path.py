@@ -24,14 +24,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from ..conftest import missing
+from ..conftest import free_port, missing
 
 ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- newcomer-path", "<!-- /newcomer-path -->"
@@ -51,12 +50,6 @@ def newcomer_commands() -> str:
     blocks = SH_BLOCK.findall(section)
     assert blocks, "README.md: no sh block in the newcomer-path section"
     return "".join(blocks)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def copy_checkout(destination: Path) -> None:

@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+from ..conftest import free_port
+
 SUPERUSER = "postgres"
 PASSWORD = "s3cret-Pw"  # the superuser's password over TCP (tests check it is never printed)
 FAST = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}  # tests: durability not needed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pgserver_bin() -> Path:

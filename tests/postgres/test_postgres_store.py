@@ -25,7 +25,8 @@ from altclip_onnx.search.store.postgres import SCHEMA_VERSION, PostgresStore
 
 from ..vectors import check_approximate_search, fill, low_rank
 
-from .server import PASSWORD, PgServer, free_port, pginstall_without_vector
+from ..conftest import free_port
+from .server import PASSWORD, PgServer, pginstall_without_vector
 
 skdata = pytest.importorskip("skimage.data")
 SRC = Path(__file__).resolve().parents[2] / "src"

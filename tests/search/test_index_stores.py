@@ -283,7 +283,7 @@ def test_serve_searches_a_postgres_index(pg_uri: str, library: Path, tiny_bundle
 
     for module in ("starlette", "uvicorn", "multipart", "prometheus_client"):
         pytest.importorskip(module, reason="serve needs the [serve] extra")
-    from ..postgres.server import free_port
+    from ..conftest import free_port
 
     assert run_cli("index", tiny_bundle, library, "--db", pg_uri, "--precision", "fp32").exit_code == 0
     port = free_port()

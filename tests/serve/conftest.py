@@ -20,7 +20,6 @@ import importlib.util
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import pytest
 from PIL import Image
 
 from ..conftest import missing as fail_or_skip
+from ..conftest import free_port
 
 
 
@@ -70,12 +70,6 @@ def jpeg_bytes(array: np.ndarray, quality: int = 90) -> bytes:
 
 def data_uri(data: bytes, media: str = "image/jpeg") -> str:
     return f"data:{media};base64,{base64.b64encode(data).decode()}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import missing as fail_or_skip
+from ..conftest import free_port
 
 REQUIRE_ENV = "ALTCLIP_REQUIRE_CLIENTS"
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -62,12 +62,6 @@ def env_with_src() -> dict[str, str]:
 def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "altclip_onnx.cli", *args], env=env_with_src(),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
