@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from ..conftest import free_port
 from .conftest import Server, data_uri
 from .test_bad_input import BIG, png
 
@@ -316,3 +318,69 @@ def test_a_refused_upload_gets_its_answer_and_an_orderly_close(tiny_bundle: Path
         assert server.healthy()
     finally:
         assert server.stop() == 0, server.log()
+
+
+# ``altclip-onnx serve`` whose GET /v1/models holds the event loop for ALTCLIP_TEST_BLOCK_LOOP seconds, as
+# reading and refusing a burst of a thousand uploads does (benchmarks/README.md, "Burst").
+LOOP_BLOCKER = r"""
+import os, sys, time
+from altclip_onnx.serve import app
+
+async def models(self, request, real=app._Api.models):
+    time.sleep(float(os.environ["ALTCLIP_TEST_BLOCK_LOOP"]))
+    return await real(self, request)
+
+app._Api.models = models
+from altclip_onnx.cli import main
+
+main(sys.argv[1:], prog_name="altclip-onnx")
+"""
+
+
+def test_the_health_port_answers_while_the_main_event_loop_is_busy(tiny_bundle: Path, tmp_path: Path) -> None:
+    """With --health-port, /health and /metrics there answer within ISOLATION_BOUND while the main port's event
+    loop is held for 3 s (where its own /health waits), and /health there says 503 shutting_down from SIGTERM
+    on, while a request still finishes, so that a load balancer stops sending first."""
+    health_port = free_port()
+    blocked = 3.0
+    server = Server.start(str(tiny_bundle), "--precision", "fp32", "--health-port", str(health_port),
+                          "--shutdown-grace", "10", python_code=LOOP_BLOCKER, log_path=tmp_path / "serve.log",
+                          env={"ALTCLIP_TEST_BLOCK_LOOP": str(blocked)})
+    health_url = f"http://127.0.0.1:{health_port}"
+    try:
+        assert httpx.get(f"{health_url}/health", timeout=10).json() == httpx.get(f"{server.url}/health").json()
+        holder = threading.Thread(target=httpx.get, args=(f"{server.url}/v1/models",), kwargs={"timeout": 30})
+        holder.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        main_health = threading.Thread(target=httpx.get, args=(f"{server.url}/health",), kwargs={"timeout": 30})
+        main_health.start()
+        answers = [httpx.get(f"{health_url}{path}", timeout=10) for path in ("/health", "/metrics")]
+        aside = time.monotonic() - started
+        main_health.join(30)
+        main_waited = time.monotonic() - started
+        holder.join(30)
+        assert [answer.status_code for answer in answers] == [200, 200]
+        assert "altclip_requests_total" in answers[1].text
+        assert aside < ISOLATION_BOUND < main_waited, (aside, main_waited)
+
+        holder = threading.Thread(target=httpx.get, args=(f"{server.url}/v1/models",), kwargs={"timeout": 30})
+        holder.start()
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        draining = httpx.get(f"{health_url}/health", timeout=10)
+        assert draining.status_code == 503 and draining.json()["status"] == "shutting_down"
+        holder.join(30)
+        assert server.process.wait(30) == 0, server.log()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+def test_a_busy_health_port_is_a_one_line_error(tiny_bundle: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(RuntimeError, match=r"cannot listen on 127\.0\.0\.1:\d+: .*; choose another --health-port"):
+            Server.start(str(tiny_bundle), "--health-port", str(taken.getsockname()[1]), log_path=tmp_path / "s.log")

@@ -32,6 +32,9 @@ MB = 1024 * 1024
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free one).")
+@click.option("--health-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve /health and /metrics on this port, from a thread of their own, so that health "
+                   "checks are answered at once during a burst of uploads [default: only on --port].")
 @click.option("--precision", type=click.Choice(AUTO_OR_PRECISIONS), default=None,
               help="[default: auto; with --db, the precision the index was made with, if the bundle has it]")
 @click.option("--max-batch", type=int, default=ServeOptions.max_batch, show_default=True,
@@ -62,7 +65,7 @@ MB = 1024 * 1024
 @provider_option
 @threads_option
 @friendly_errors
-def serve(bundle: str, db: str | None, host: str, port: int, precision: str | None, max_batch: int,
+def serve(bundle: str, db: str | None, host: str, port: int, health_port: int | None, precision: str | None, max_batch: int,
           max_wait_ms: float, max_body_mb: float, max_pixels: int, max_request_pixels: int,
           cors_origins: tuple[str, ...], workers: int, shutdown_grace: float,
           max_held_mb: float | None, max_queue_seconds: float, request_timeout: float, provider: str | None, threads: int | None) -> None:
@@ -89,17 +92,25 @@ def serve(bundle: str, db: str | None, host: str, port: int, precision: str | No
 
     service = Service.open(bundle, db=db, provider=provider, precision=precision, threads=threads,
                            self_check=self_check(), options=options)
+    sockets = []
     try:
-        sock = server.listen(host, port)
+        sockets.append(server.listen(host, port))
+        if health_port is not None:
+            sockets.append(server.listen(host, health_port, "--health-port"))
     except BaseException:
+        for sock in sockets:
+            sock.close()
         service.close()
         raise
+    sock, health_sock = sockets[0], (sockets[1] if len(sockets) > 1 else None)
     url = server.url(sock)
     click.echo(_banner(service, url), err=True)
+    if health_sock is not None:
+        click.echo(f"health checks also on {server.url(health_sock)}/health", err=True)
     if key is None and not server.is_loopback(host):
         click.echo(f"warning: listening on {host} without {API_KEY_ENV}: anyone who reaches this port can use it",
                    err=True)
-    server.run(service, sock)  # SIGTERM / Ctrl-C: stop accepting, finish requests in flight, then shutdown
+    server.run(service, sock, health_sock)  # SIGTERM / Ctrl-C: stop accepting, finish requests in flight, then shutdown
     click.echo("stopped", err=True)
 
 

@@ -7,6 +7,8 @@ Endpoints (JSON unless said otherwise; errors in OpenAI's shape, see :mod:`.erro
 - ``POST /v1/classify``: zero-shot probabilities of images over labels (JSON, or a multipart form).
 - ``POST /v1/search``, ``GET /v1/search?q=...&k=...`` and ``GET /v1/thumbnails/{id}``: with an index.
 - ``GET /v1/models`` (OpenAI's shape), ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /`` (the page).
+
+:func:`create_health_app` serves ``/health`` and ``/metrics`` alone, for a listener of their own (``--health-port``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import json
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -100,6 +103,20 @@ def create_app(service: Service) -> Starlette:
     })
     app.state.service = service
     return app
+
+
+def create_health_app(service: Service, draining: threading.Event) -> Starlette:
+    """``GET /health`` and ``GET /metrics`` of ``service`` alone; ``/health`` answers 503 ``shutting_down`` once
+    ``draining`` is set, so a load balancer stops sending before the main port closes."""
+    api = _Api(service)
+
+    async def health(request: Request) -> Response:
+        if draining.is_set():
+            return JSONResponse({"status": "shutting_down"}, status_code=503)
+        return await api.health(request)
+
+    return Starlette(routes=[Route("/health", health, methods=["GET"]),
+                             Route("/metrics", api.metrics, methods=["GET"])])
 
 
 # --- errors ----------------------------------------------------------------------------------------
