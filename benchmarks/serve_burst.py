@@ -4,7 +4,9 @@ Starts the service on BUNDLE (a subprocess on 127.0.0.1 only), warms it up (2 im
 opens ``--clients`` connections at once, each posting one image (a data URI in ``POST /v1/embeddings``, the
 body sent in 64 KB pieces while the answer is read, so an early refusal is seen). Meanwhile a probe asks
 ``GET /health`` every 100 ms and embeds one text every 250 ms, each on its own connection. After the last
-client has its answer, the server's memory is watched for ``--settle`` seconds.
+client has its answer, the server's memory is watched for ``--settle`` seconds. With ``--health-port``, the
+service also serves ``/health`` on a port of its own (``serve --health-port``) and the probe asks there, as a
+load balancer's health check would.
 
 Goals (issue 17, point 3): server peak RSS <= 2.5 GB; every answer is a 200, a 429 with Retry-After, or a
 deadline answer (503/504) in JSON: no reset connection, no 500, no request without an answer; every 200
@@ -14,7 +16,7 @@ within 30 s of the burst's end.
 Usage::
 
     python benchmarks/serve_burst.py BUNDLE [--precision int8] [--clients 1000] [--image-size 4000x3000]
-        [--deadline 60] [--settle 30] [--server-arg=--max-held-mb=256 ...] [--json results.json]
+        [--deadline 60] [--settle 30] [--health-port] [--server-arg=--max-held-mb=256 ...] [--json results.json]
 
 Prints a Markdown table with the CPU (and the goals), then the burst second by second (from its start: the
 server's and this load generator's CPU in cores, the answers that came, the probes' worst latency); exit status 1
@@ -48,7 +50,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import Server, cpu_seconds, goals_table, make_images, megabytes, memory_mb  # noqa: E402  (shared with the load benchmark)
+from serve_load import Server, cpu_seconds, free_port, goals_table, make_images, megabytes, memory_mb  # noqa: E402  (shared with the load benchmark)
 
 from altclip_onnx.runtime.doctor import cpu_summary  # noqa: E402
 
@@ -205,7 +207,7 @@ async def probe(port: int, stop: asyncio.Event, path: str, body: bytes | None, e
             await asyncio.wait_for(stop.wait(), max(0.0, every - (time.perf_counter() - started)))
 
 
-def probes(port: int, stop: Any, out: Any) -> None:
+def probes(port: int, health_port: int, stop: Any, out: Any) -> None:
     """The probes, in a process of their own (the clients' event loop would delay them): until ``stop`` is set,
     then (health, text, failures, the CPU seconds this process used probing) into ``out``."""
 
@@ -216,7 +218,7 @@ def probes(port: int, stop: Any, out: Any) -> None:
         texts: list[float] = []
         failures: list[str] = []
         text_body = json.dumps({"input": "a photo of a cat sleeping on a sofa", "model": "m"}).encode()
-        tasks = [asyncio.ensure_future(probe(port, done, "/health", None, 0.1, health, failures)),
+        tasks = [asyncio.ensure_future(probe(health_port, done, "/health", None, 0.1, health, failures)),
                  asyncio.ensure_future(probe(port, done, "/v1/embeddings", text_body, 0.25, texts, failures))]
         while not stop.is_set():
             await asyncio.sleep(0.05)
@@ -227,12 +229,12 @@ def probes(port: int, stop: Any, out: Any) -> None:
     asyncio.run(run())
 
 
-async def burst(port: int, bodies: list[bytes], clients: int, deadline: float, limit: float,
+async def burst(port: int, health_port: int, bodies: list[bytes], clients: int, deadline: float, limit: float,
                 server_pid: int) -> dict[str, Any]:
     """``clients`` image requests at once, with the probes running until the last one is answered."""
     context = multiprocessing.get_context("spawn")
     stop, out = context.Event(), context.Queue()
-    prober = context.Process(target=probes, args=(port, stop, out), daemon=True)
+    prober = context.Process(target=probes, args=(port, health_port, stop, out), daemon=True)
     prober.start()
     await asyncio.sleep(1.0)  # (the probe process starting)
     heads = {len(b): request_head("/v1/embeddings", len(b), deadline) for b in bodies}
@@ -292,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=60.0, help="X-Request-Timeout of each image request")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds to watch RSS after the burst")
     parser.add_argument("--limit", type=float, default=600.0, help="most seconds for the whole burst")
+    parser.add_argument("--health-port", action="store_true",
+                        help="probe /health on a port of its own (serve --health-port), not on the main port")
     parser.add_argument("--server-arg", action="append", default=[], help="one more serve option (repeatable)")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
@@ -303,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [json.dumps({"input": "data:image/jpeg;base64," + base64.b64encode(j).decode(), "modality": "image",
                           "model": "m", "encoding_format": "base64"}).encode() for j in jpegs]
     server_args = ["--precision", args.precision, *[a for arg in args.server_arg for a in arg.split("=", 1)]]
+    health_port = free_port() if args.health_port else None
+    if health_port is not None:
+        server_args += ["--health-port", str(health_port)]
     print(f"starting the server on {args.bundle} ...", file=sys.stderr)
     server = Server(args.bundle, server_args, log=Path(tempfile.mkstemp(prefix="serve-burst-", suffix=".log")[1]),
                     grace=90)
@@ -315,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
         burst_started = time.monotonic() - sampler.started
         print(f"burst: {args.clients} clients ...", file=sys.stderr)
-        outcome = asyncio.run(burst(server.port, bodies, args.clients, args.deadline, args.limit, server.process.pid))
+        outcome = asyncio.run(burst(server.port, health_port or server.port, bodies, args.clients, args.deadline,
+                                    args.limit, server.process.pid))
         burst_ended = time.monotonic() - sampler.started
         print(f"burst over in {outcome['seconds']:.1f} s; watching memory for {args.settle:g} s ...", file=sys.stderr)
         time.sleep(args.settle)
