@@ -65,8 +65,8 @@ MB = 1024 * 1024
 @provider_option
 @threads_option
 @friendly_errors
-def serve(bundle: str, db: str | None, host: str, port: int, health_port: int | None, precision: str | None, max_batch: int,
-          max_wait_ms: float, max_body_mb: float, max_pixels: int, max_request_pixels: int,
+def serve(bundle: str, db: str | None, host: str, port: int, health_port: int | None, precision: str | None,
+          max_batch: int, max_wait_ms: float, max_body_mb: float, max_pixels: int, max_request_pixels: int,
           cors_origins: tuple[str, ...], workers: int, shutdown_grace: float,
           max_held_mb: float | None, max_queue_seconds: float, request_timeout: float, provider: str | None, threads: int | None) -> None:
     """Serve BUNDLE over HTTP: embeddings (OpenAI's API), zero-shot classification, photo search (with --db)
@@ -110,7 +110,8 @@ def serve(bundle: str, db: str | None, host: str, port: int, health_port: int | 
     if key is None and not server.is_loopback(host):
         click.echo(f"warning: listening on {host} without {API_KEY_ENV}: anyone who reaches this port can use it",
                    err=True)
-    server.run(service, sock, health_sock)  # SIGTERM / Ctrl-C: stop accepting, finish requests in flight, then shutdown
+    # SIGTERM / Ctrl-C: stop accepting, finish the requests in flight, then shut down
+    server.run(service, sock, health_sock)
     click.echo("stopped", err=True)
 
 
