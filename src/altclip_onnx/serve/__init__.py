@@ -15,7 +15,7 @@ classifiers), batcher (dynamic batching, model-agnostic), arrivals (which reques
 for), media (images from requests, checked before
 decoding), search (the index in its own thread, thumbnails), app (endpoints), middleware (metrics, the API
 key, the body limit), metrics, page (the page and its files), errors (OpenAI's error shape), server (uvicorn on
-a listening socket). The options and limits are :mod:`altclip_onnx.serve_options`, outside this package so
+a listening socket, and ``/health`` on a port and thread of its own). The options and limits are :mod:`altclip_onnx.serve_options`, outside this package so
 that they import without the extra.
 """
 
