@@ -349,6 +349,8 @@ def test_the_health_port_answers_while_the_main_event_loop_is_busy(tiny_bundle: 
     health_url = f"http://127.0.0.1:{health_port}"
     try:
         assert httpx.get(f"{health_url}/health", timeout=10).json() == httpx.get(f"{server.url}/health").json()
+        elsewhere = httpx.get(f"{health_url}/v1/models", timeout=10)  # only the checks are served there
+        assert elsewhere.status_code == 404 and elsewhere.json()["error"]["message"] == "no such endpoint: GET /v1/models"
         holder = threading.Thread(target=httpx.get, args=(f"{server.url}/v1/models",), kwargs={"timeout": 30})
         holder.start()
         time.sleep(0.3)

@@ -115,8 +115,8 @@ def create_health_app(service: Service, draining: threading.Event) -> Starlette:
             return JSONResponse({"status": "shutting_down"}, status_code=503)
         return await api.health(request)
 
-    return Starlette(routes=[Route("/health", health, methods=["GET"]),
-                             Route("/metrics", api.metrics, methods=["GET"])])
+    return Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/metrics", api.metrics, methods=["GET"])],
+                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
 
 
 # --- errors ----------------------------------------------------------------------------------------
