@@ -20,6 +20,7 @@ import click
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, AltclipOnnxError, InputError, MissingDependencyError
 from ..precisions import AUTO, PRECISION_NAMES, parse_precisions
 from ..runtime.pipeline import DECODE_WORKERS, IMAGE_BATCH_SIZE, TEXT_BATCH_SIZE
+from ..runtime.providers import SHORT_NAMES
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -108,7 +109,7 @@ def bundle_argument(func: F) -> F:
 
 def provider_option(func: F) -> F:
     return click.option("--provider", envvar=PROVIDER_ENV, default=None, show_envvar=True,
-                        help="cpu, cuda, tensorrt, coreml, openvino, directml or auto [default: auto].")(func)
+                        help=f"{', '.join(SHORT_NAMES)} or auto [default: auto].")(func)
 
 
 def threads_option(func: F) -> F:

@@ -10,6 +10,7 @@ import click
 
 from ..bundle import DEFAULT_OPSET, TextSpec
 from ..precisions import EXPORTED_BY_DEFAULT
+from ..runtime.providers import SHORT_NAMES
 from ..runtime.tune import TuneSettings
 from .app import (
     bundle_argument,
@@ -149,8 +150,8 @@ def bench(bundle: str, precisions: tuple[str, ...], threads: int | None, provide
 @main.command()
 @bundle_argument
 @click.option("--provider", "providers", multiple=True, metavar="P[,P...]",
-              help="Providers to try: cpu, cuda, tensorrt, coreml, openvino, directml, openvino-runtime; "
-                   "comma-separated or repeated [default: every one available here].")
+              help=f"Providers to try: {', '.join(SHORT_NAMES)}; comma-separated or repeated [default: every "
+                   "one available here].")
 @precisions_option(None, "Precisions to try [default: all in the bundle].")
 @threads_option
 @click.option("--repeats", type=click.IntRange(1), default=TuneSettings.repeats, show_default=True,
