@@ -163,6 +163,42 @@ def test_first_use_check_runs_once_per_place(tiny_bundle: Path, tmp_path: Path, 
     assert ran == ["int8", "fp32", "int8"]
 
 
+class AloneAtOneLength:
+    """A real text session that, like a runtime whose kernels depend on the shape, nudges the vector of a text
+    run by itself at one length only (by 1% of its length: cosine about 0.99995, which only the batch test,
+at 0.99999, can see)."""
+
+    def __init__(self, session: object, length: int) -> None:
+        self.session, self.length = session, length
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self.session.run(names, feed)
+        ids = feed["input_ids"]
+        if ids.shape == (1, self.length):
+            direction = np.cos(np.arange(outputs[0].shape[-1]))
+            direction /= np.linalg.norm(direction)
+            outputs = [value + 0.01 * np.linalg.norm(value, axis=-1, keepdims=True) * direction for value in outputs]
+        return outputs
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.session, name)
+
+
+def test_first_use_check_runs_every_row_of_its_batches_alone(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A variant whose vector for a text alone differs at the length of the quick batch's last row only (the
+    first row is another length) is refused as batch-dependent: one row alone would have passed it."""
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    manifest = read_manifest(bundle)
+    quick = next(c for c in read_reference(bundle, manifest, quick_only=True).cases if c.tower == TEXTUAL)
+    lengths = quick.inputs["attention_mask"].sum(axis=1)
+    assert lengths[-1] != lengths[0]
+    encoder = Encoder(bundle, precision="fp32", self_check=False)
+    session = AloneAtOneLength(encoder.session(TEXTUAL), int(lengths[-1]))
+    with pytest.raises(VerificationError, match="alone and inside a batch .* vectors depend on the batch"):
+        selfcheck.ensure_verified(bundle, manifest, TEXTUAL, "fp32", session)
+    selfcheck.ensure_verified(bundle, manifest, TEXTUAL, "fp32", encoder.session(TEXTUAL))  # the real one passes
+
+
 def test_a_read_only_bundle_records_in_the_user_cache(read_only_bundle: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = read_only_bundle
