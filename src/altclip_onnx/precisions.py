@@ -18,6 +18,10 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 #: OpenVINO's own runtime (the ``[openvino]`` extra), used in place of onnxruntime; not an onnxruntime provider.
 OPENVINO_RUNTIME = "OpenVINORuntime"
+#: The same with OpenVINO's bf16 inference hint: on CPUs with bf16 instructions (AMX-BF16, AVX-512 BF16) the
+#: float parts of a graph are computed in bf16.
+OPENVINO_RUNTIME_BF16 = "OpenVINORuntimeBF16"
+OPENVINO_RUNTIMES = (OPENVINO_RUNTIME, OPENVINO_RUNTIME_BF16)
 
 #: Every variant must give the same vector for an input alone and inside any batch (cosine, per row).
 BATCH_INVARIANCE_MIN_COSINE = 0.99999
@@ -72,6 +76,15 @@ EXPORTED_BY_DEFAULT: tuple[str, ...] = (FP32.name, INT8.name)
 #: Left to the program: a precision (:func:`auto_order`), the providers (:mod:`altclip_onnx.runtime.providers`),
 #: a Ray cluster (:mod:`altclip_onnx.distributed`).
 AUTO = "auto"
+
+
+def gate_for(name: str, provider: str | None = None) -> Gate:
+    """The gate variant ``name`` must pass where ``provider`` runs it: the variant's own, except that the fp32
+    graph computed in bf16 (:data:`OPENVINO_RUNTIME_BF16`) is held to the gate of fp16, the other 16-bit float
+    variant, since it cannot match fp32's."""
+    if provider == OPENVINO_RUNTIME_BF16 and name == FP32.name:
+        return FP16.gate
+    return PRECISIONS[name].gate
 
 
 def precision(name: str) -> Precision:

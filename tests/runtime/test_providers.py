@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from altclip_onnx.errors import BundleError, InputError
-from altclip_onnx.precisions import CPU, OPENVINO_RUNTIME
+from altclip_onnx.precisions import CPU, OPENVINO_RUNTIME, OPENVINO_RUNTIMES
+from altclip_onnx.runtime import providers
 from altclip_onnx.runtime.providers import (
     PREFERENCE,
     SHORT_NAMES,
@@ -29,8 +30,8 @@ CPU_ONLY = ["AzureExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_short_names_cover_every_preferred_provider():
-    # and OpenVINO's own runtime, which auto never takes without a tune profile
-    assert set(SHORT_NAMES.values()) == {*PREFERENCE, OPENVINO_RUNTIME}
+    # and OpenVINO's own runtime (with and without its bf16 hint), which auto never takes without a tune profile
+    assert set(SHORT_NAMES.values()) == {*PREFERENCE, *OPENVINO_RUNTIMES}
     assert OPENVINO_RUNTIME not in choose_providers([*CPU_ONLY, OPENVINO_RUNTIME])
     assert PREFERENCE[-1] == CPU
 
@@ -167,3 +168,13 @@ def test_make_session_with_unavailable_provider(monkeypatch):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(CPU_ONLY))
     with pytest.raises(InputError, match="TensorrtExecutionProvider is not available"):
         make_session("unused.onnx", provider="tensorrt")
+
+
+def test_openvino_bf16_is_refused_in_one_line_where_the_cpu_has_no_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO ignores its bf16 hint on CPUs without bf16 instructions and computes in f32: asking for
+    ``openvino-runtime-bf16`` there says so instead of quietly running the f32 candidate twice."""
+    monkeypatch.setattr(providers, "openvino_runtime_available", lambda: True)
+    monkeypatch.setattr(providers, "openvino_bf16_available", lambda: False)
+    with pytest.raises(InputError, match=r"^provider openvino-runtime-bf16: .*bf16 instructions.*use openvino-runtime$"):
+        choose_providers(CPU_ONLY, "openvino-runtime-bf16")
+    assert choose_providers(CPU_ONLY, "openvino-runtime") == [OPENVINO_RUNTIME]

@@ -20,9 +20,9 @@ import pytest
 from altclip_onnx import Encoder
 from altclip_onnx.bundle import TEXTUAL, TOWERS, VISUAL, read_manifest, read_record
 from altclip_onnx.errors import InputError
-from altclip_onnx.precisions import PRECISIONS
+from altclip_onnx.precisions import OPENVINO_RUNTIME_BF16, PRECISIONS, gate_for
 from altclip_onnx.runtime import profile, tune
-from altclip_onnx.runtime.providers import make_session
+from altclip_onnx.runtime.providers import available_providers, make_session, openvino_bf16_available
 from altclip_onnx.runtime.tune import TUNED_BATCHES, TuneSettings, tune_bundle
 
 from ..verification.test_verification import cli, copy_bundle, swap_int8_graph
@@ -177,11 +177,40 @@ def test_openvino_runtime_candidates_match_the_reference_within_their_gates(tiny
                              (runtime.encode_images(list(pixels)), onnxruntime.encode_images(list(pixels)))):
             assert np.min(np.sum(ours * theirs, axis=1)) >= PRECISIONS[precision].gate.min_cosine
     result = tune_bundle(bundle, TuneSettings(repeats=2, precisions=("int8",)), save=False)
-    assert {c.provider for c in result.candidates if c.verified} == {"CPUExecutionProvider", "OpenVINORuntime"}
+    bf16 = [OPENVINO_RUNTIME_BF16] if openvino_bf16_available() else []
+    assert {c.provider for c in result.candidates if c.verified} == {"CPUExecutionProvider", "OpenVINORuntime", *bf16}
     # The full verification (every gate, batch independence) runs under it too, and names OpenVINO's build.
     verified = cli("verify", str(bundle), "--provider", "openvino-runtime")
     assert verified.returncode == 0, verified.stderr
     assert re.search(r"checked on: OpenVINORuntime, openvino \d", verified.stdout)
+
+
+def test_openvino_bf16_is_held_to_the_16_bit_gate_where_the_cpu_computes_in_bf16(tiny_bundle: Path,
+                                                                                  tmp_path: Path) -> None:
+    """With OpenVINO's bf16 hint the fp32 graph no longer matches fp32's own gate, so it is checked against
+    fp16's (the other 16-bit float variant), and tune times it. On a CPU without bf16 instructions the provider
+    is not offered and asking for it is a one-line error (OpenVINO would quietly compute in f32)."""
+    pytest.importorskip("openvino")
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    if not openvino_bf16_available():
+        assert OPENVINO_RUNTIME_BF16 not in available_providers()
+        with pytest.raises(InputError, match="bf16 instructions"):
+            Encoder(bundle, provider="openvino-runtime-bf16", precision="fp32")
+        return
+    texts = ["a photo of a cat", "一只猫的照片", "ein Foto eines Hundes", "une photo d'une voiture rouge"]
+    pixels = list(np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8))
+    runtime = Encoder(bundle, provider="openvino-runtime-bf16", precision="fp32")  # checks itself on first use
+    reference = Encoder(bundle, provider="cpu", precision="fp32")
+    assert runtime.session(TEXTUAL).get_providers() == [OPENVINO_RUNTIME_BF16]
+    cosines = np.concatenate([np.sum(runtime.encode_texts(texts) * reference.encode_texts(texts), axis=1),
+                              np.sum(runtime.encode_images(pixels) * reference.encode_images(pixels), axis=1)])
+    gate = gate_for("fp32", OPENVINO_RUNTIME_BF16)
+    assert gate == PRECISIONS["fp16"].gate and cosines.min() >= gate.min_cosine
+    assert cosines.min() < PRECISIONS["fp32"].gate.min_cosine  # computed in bf16 indeed
+    result = tune_bundle(bundle, TuneSettings(repeats=2, providers=(OPENVINO_RUNTIME_BF16,),
+                                              precisions=("fp32",)), save=False)
+    assert result.candidates and all(c.verified and c.items_per_s for c in result.candidates)
+    assert result.chosen[VISUAL] == {"provider": OPENVINO_RUNTIME_BF16, "precision": "fp32"}
 
 
 def test_serve_follows_the_profile(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,9 @@
 
 onnxruntime's OpenVINO execution provider hands OpenVINO only the parts of a graph it claims (not the int8
 ``MatMulIntegerToFloat``), so OpenVINO's own runtime, compiling the whole graph file, can be faster than both
-the provider and onnxruntime on some CPUs and slower on others. ``altclip-onnx tune`` times it beside the
-onnxruntime candidates, and the first-use check holds its numbers against the bundle's PyTorch reference like
+the provider and onnxruntime on some CPUs and slower on others (and, with its bf16 hint, on CPUs with bf16
+instructions: ``provider="openvino-runtime-bf16"``). ``altclip-onnx tune`` times it beside the onnxruntime
+candidates, and the first-use check holds its numbers against the bundle's PyTorch reference like
 any other provider's (see :mod:`altclip_onnx.verification.selfcheck`). Needs the ``[openvino]`` extra.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..bundle import TOWER_INPUTS, TOWER_OUTPUTS
 from ..errors import BundleError
-from ..precisions import OPENVINO_RUNTIME
+from ..precisions import OPENVINO_RUNTIME, OPENVINO_RUNTIME_BF16
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,20 @@ def _port(port: Any) -> Port:
 class OpenVINOSession:
     """A graph file compiled for OpenVINO's CPU device, run like an onnxruntime session.
 
-    The precision hint is f32: on CPUs with bf16 (AMX, AVX-512 BF16) OpenVINO would otherwise compute fp32
-    graphs in bf16 and drift from the reference unnoticed. ``threads``: OpenVINO's inference threads (None:
-    its default). Each thread calling :meth:`run` gets its own infer request (a request is not thread-safe).
+    The precision hint is f32 unless ``bf16``: on CPUs with bf16 (AMX, AVX-512 BF16) OpenVINO would otherwise
+    compute fp32 graphs in bf16 and drift from the reference unnoticed; with ``bf16`` it does so on purpose, as
+    the provider :data:`~altclip_onnx.precisions.OPENVINO_RUNTIME_BF16`, held to its own gate
+    (:func:`~altclip_onnx.precisions.gate_for`). ``threads``: OpenVINO's inference threads (None: its default).
+    Each thread calling :meth:`run` gets its own infer request (a request is not thread-safe).
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, bf16: bool = False) -> None:
         import openvino
 
         core = openvino.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        self._provider = OPENVINO_RUNTIME_BF16 if bf16 else OPENVINO_RUNTIME
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+                                  "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
@@ -64,7 +69,7 @@ class OpenVINOSession:
         self._local = threading.local()
 
     def get_providers(self) -> list[str]:
-        return [OPENVINO_RUNTIME]
+        return [self._provider]
 
     def get_inputs(self) -> list[Port]:
         return list(self._inputs)

@@ -8,6 +8,7 @@ passes the values in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BundleError, InputError
-from ..precisions import AUTO, CPU, OPENVINO_RUNTIME
+from ..precisions import AUTO, CPU, OPENVINO_RUNTIME, OPENVINO_RUNTIME_BF16, OPENVINO_RUNTIMES
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -43,6 +44,7 @@ SHORT_NAMES: dict[str, str] = {
     "directml": "DmlExecutionProvider",
     "cpu": CPU,
     "openvino-runtime": OPENVINO_RUNTIME,
+    "openvino-runtime-bf16": OPENVINO_RUNTIME_BF16,
 }
 
 # --------------------------------------------------------------------------- provider choice
@@ -59,7 +61,7 @@ def resolve_provider_name(name: str) -> str:
     lowered = cleaned.lower()
     if lowered in SHORT_NAMES:
         return SHORT_NAMES[lowered]
-    for full in (*PREFERENCE, OPENVINO_RUNTIME):
+    for full in (*PREFERENCE, *OPENVINO_RUNTIMES):
         if lowered == full.lower():
             return full
     if cleaned.endswith("ExecutionProvider") and len(cleaned) > len("ExecutionProvider"):
@@ -78,14 +80,30 @@ def openvino_runtime_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+@functools.lru_cache(maxsize=1)
+def openvino_bf16_available() -> bool:
+    """Whether OpenVINO's CPU device computes in bf16 here (it says so among its capabilities; elsewhere its
+    bf16 hint would quietly compute in f32, the same as ``openvino-runtime``)."""
+    if not openvino_runtime_available():
+        return False
+    import openvino
+
+    try:
+        return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001  (no CPU device, or a build without the property: then no bf16)
+        return False
+
+
 def available_providers() -> list[str]:
     """What can run a graph here: onnxruntime's providers (those this project knows, best first), then
-    OpenVINO's own runtime when it is installed."""
+    OpenVINO's own runtime when it is installed, and with its bf16 hint where the CPU computes in bf16."""
     import onnxruntime
 
     present = onnxruntime.get_available_providers()
     known = [p for p in PREFERENCE if p in present]
-    return [*known, OPENVINO_RUNTIME] if openvino_runtime_available() else known
+    if not openvino_runtime_available():
+        return known
+    return [*known, OPENVINO_RUNTIME, *([OPENVINO_RUNTIME_BF16] if openvino_bf16_available() else [])]
 
 
 def choose_providers(available: Sequence[str], requested: str | None = None) -> list[str]:
@@ -93,16 +111,21 @@ def choose_providers(available: Sequence[str], requested: str | None = None) -> 
 
     ``requested`` None or ``"auto"``: the available providers in ``PREFERENCE`` order.
     Otherwise the requested provider (short or full name) then CPU; it must be available.
-    ``openvino-runtime`` (OpenVINO's own runtime, not an onnxruntime provider) stands alone: ``[OpenVINORuntime]``.
+    ``openvino-runtime`` (OpenVINO's own runtime, not an onnxruntime provider) stands alone: ``[OpenVINORuntime]``;
+    so does ``openvino-runtime-bf16`` (the same with its bf16 hint, on CPUs with bf16 instructions).
     """
     if requested is None or requested.strip().lower() == AUTO:
         chosen = [p for p in PREFERENCE if p in available and p != CPU]
         return [*chosen, CPU]
     provider = resolve_provider_name(requested)
-    if provider == OPENVINO_RUNTIME:
+    if provider in OPENVINO_RUNTIMES:
+        short = next(name for name, full in SHORT_NAMES.items() if full == provider)
         if not openvino_runtime_available():
-            raise InputError("provider openvino-runtime needs OpenVINO's runtime: pip install 'altclip-onnx[openvino]'")
-        return [OPENVINO_RUNTIME]
+            raise InputError(f"provider {short} needs OpenVINO's runtime: pip install 'altclip-onnx[openvino]'")
+        if provider == OPENVINO_RUNTIME_BF16 and not openvino_bf16_available():
+            raise InputError(f"provider {short}: OpenVINO computes in bf16 only on CPUs with bf16 instructions "
+                             "(AMX-BF16, AVX-512 BF16), which this one lacks; use openvino-runtime")
+        return [provider]
     if provider not in available:
         listed = ", ".join(available) or "none"
         raise InputError(
@@ -173,10 +196,10 @@ def make_session(
     providers = choose_providers(onnxruntime.get_available_providers(), provider)
     if not path.is_file():
         raise BundleError(f"cannot load ONNX model {path}: the file does not exist")
-    if providers == [OPENVINO_RUNTIME]:
+    if providers[0] in OPENVINO_RUNTIMES:
         from .openvino_runtime import OpenVINOSession
 
-        return OpenVINOSession(path, threads=threads)
+        return OpenVINOSession(path, threads=threads, bf16=providers[0] == OPENVINO_RUNTIME_BF16)
     options = session_options(threads, spinning=spinning)
     if "DmlExecutionProvider" in providers:
         # DirectML supports neither memory patterns nor parallel execution.

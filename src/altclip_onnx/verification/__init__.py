@@ -101,7 +101,8 @@ def check_bundle(
             report.failures += signature_problems(session, folder / manifest.towers[tower][precision].path, tower)
             report.fused_ops.setdefault(tower, {})[precision] = dict(manifest.towers[tower][precision].fused_ops)
         rows, failures, invariance[precision], zero_shot = check_precision(
-            reference, precision, sessions.__getitem__, logit_scale=manifest.logit_scale)
+            reference, precision, sessions.__getitem__, logit_scale=manifest.logit_scale,
+            provider=sessions[TOWERS[0]].get_providers()[0])
         report.rows += rows
         report.failures += failures
         if zero_shot is not None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import ATTENTION_MASK, TEXTUAL, TOWER_OUTPUTS, TOWERS, VISUAL, tower_output
-from ..precisions import PRECISIONS, Gate
+from ..precisions import PRECISIONS, Gate, gate_for
 from .reference import Case, StoredReference
 
 Outputs = list[dict[str, np.ndarray]]
@@ -157,9 +157,11 @@ def describe_agreement(zs: dict[str, Any]) -> str:
     return f"{counted}; fails above {zs['allowed_disagreements']} disagreements"
 
 
-def compare(cases: list[Case], reference: Outputs, actual: Outputs, precision: str) -> tuple[list[Row], list[str]]:
-    """Rows and failures of the per-row gates (cosine, max |diff|) and the per-tower mean cosine."""
-    gate: Gate = PRECISIONS[precision].gate
+def compare(cases: list[Case], reference: Outputs, actual: Outputs, precision: str,
+            gate: Gate | None = None) -> tuple[list[Row], list[str]]:
+    """Rows and failures of the per-row gates (cosine, max |diff|) and the per-tower mean cosine; ``gate``:
+    the precision's own unless given."""
+    gate = gate or PRECISIONS[precision].gate
     rows, failures = [], []
     for case, ref, got in zip(cases, reference, actual):
         if not got:
@@ -267,14 +269,16 @@ def check_precision(
     logit_scale: float,
     towers: tuple[str, ...] = TOWERS,
     quick: bool = False,
+    provider: str | None = None,
 ) -> tuple[list[Row], list[str], dict[str, float], dict[str, Any] | None]:
     """One precision against the reference: (rows, failures, lowest batch-invariance cosine per tower,
     zero-shot agreement or None).
 
     ``session_for(tower)`` gives the session to run. ``quick``: only the ``quick`` cases, each row also alone
-    (the first-use check); no zero-shot check (too few images to gate on).
+    (the first-use check); no zero-shot check (too few images to gate on). ``provider``: what runs the sessions,
+    when it changes the gate (:func:`~altclip_onnx.precisions.gate_for`).
     """
-    gate = PRECISIONS[precision].gate
+    gate = gate_for(precision, provider)
     indices = [i for i, c in enumerate(reference.cases) if c.tower in towers and (c.quick or not quick)]
     cases = [reference.cases[i] for i in indices]
     expected = [reference.outputs[i] for i in indices]
@@ -283,14 +287,14 @@ def check_precision(
     for tower in towers:
         ran, invariance[tower] = run_cases(session_for(tower), tower, cases)
         outputs = [o or r for o, r in zip(outputs, ran)]
-    rows, failures = compare(cases, expected, outputs, precision)
+    rows, failures = compare(cases, expected, outputs, precision, gate)
     for tower, lowest in invariance.items():
         if lowest < gate.batch_invariance:
             failures.append(f"{tower} {precision}: an input alone and inside a batch give cosine {lowest:.6f} "
                             f"(< {gate.batch_invariance}): vectors depend on the batch")
     agreement = None
     labelled = {c.tower for c in cases if c.zero_shot}
-    if precision != "fp32" and not quick and labelled == set(TOWERS):
+    if gate.zero_shot_agreement is not None and not quick and labelled == set(TOWERS):
         agreement = zero_shot_agreement(cases, expected, outputs, logit_scale, gate)
         disagreements = agreement["confident_cases"] - agreement["agreeing"]
         if agreement["gated"] and disagreements > agreement["allowed_disagreements"]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..bundle import VERIFIED_RECORD, Manifest, read_record, write_record
 from ..errors import VerificationError
-from ..precisions import CPU, OPENVINO_RUNTIME
+from ..precisions import CPU, OPENVINO_RUNTIMES
 from ..files import write_json
 from .check import check_precision
 from .reference import has_reference, read_reference
@@ -77,7 +77,7 @@ def runtime_identity(provider: str | None = None) -> str:
     """Which runtime build runs: OpenVINO's for its own runtime, else onnxruntime's (the package name tells
     CPU, GPU and OpenVINO flavours apart). Cached: every Encoder start asks it once per provider (the tune
     profile's key), and the installed packages do not change under a running process."""
-    if provider == OPENVINO_RUNTIME:
+    if provider in OPENVINO_RUNTIMES:
         try:
             return f"openvino {metadata.version('openvino')}"
         except metadata.PackageNotFoundError:
@@ -97,7 +97,7 @@ def runtime_identity(provider: str | None = None) -> str:
 def where(provider: str) -> dict[str, Any]:
     """Everything a verdict depends on besides the variant's files: provider, runtime, CPU, GPU."""
     place: dict[str, Any] = {"provider": provider, "runtime": runtime_identity(provider), "cpu": cpu_identity()}
-    if provider not in (CPU, OPENVINO_RUNTIME):
+    if provider not in (CPU, *OPENVINO_RUNTIMES):
         place["gpu"] = gpu_identity()
     return place
 
@@ -183,7 +183,8 @@ def ensure_verified(bundle: Path, manifest: Manifest, tower: str, precision: str
     started = time.perf_counter()
     reference = read_reference(bundle, manifest, towers=(tower,), quick_only=True)
     rows, failures, _, _ = check_precision(reference, precision, lambda _tower: session,
-                                           logit_scale=manifest.logit_scale, towers=(tower,), quick=True)
+                                           logit_scale=manifest.logit_scale, towers=(tower,), quick=True,
+                                           provider=provider)
     seconds = time.perf_counter() - started
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
