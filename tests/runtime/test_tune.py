@@ -6,6 +6,7 @@ knows which one must win."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -211,6 +212,9 @@ def test_openvino_bf16_is_held_to_the_16_bit_gate_where_the_cpu_computes_in_bf16
                                               precisions=("fp32",)), save=False)
     assert result.candidates and all(c.verified and c.items_per_s for c in result.candidates)
     assert result.chosen[VISUAL] == {"provider": OPENVINO_RUNTIME_BF16, "precision": "fp32"}
+    # verify's report names the gate it held fp32 to under this provider
+    verified = cli("verify", str(bundle), "--provider", "openvino-runtime-bf16", "--precision", "fp32", "--json")
+    assert json.loads(verified.stdout)["gates"]["fp32"] == dataclasses.asdict(gate), verified.stderr
 
 
 def test_serve_follows_the_profile(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

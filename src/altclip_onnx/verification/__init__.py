@@ -100,9 +100,9 @@ def check_bundle(
         for tower, session in sessions.items():
             report.failures += signature_problems(session, folder / manifest.towers[tower][precision].path, tower)
             report.fused_ops.setdefault(tower, {})[precision] = dict(manifest.towers[tower][precision].fused_ops)
+        report.provider = sessions[TOWERS[0]].get_providers()[0]
         rows, failures, invariance[precision], zero_shot = check_precision(
-            reference, precision, sessions.__getitem__, logit_scale=manifest.logit_scale,
-            provider=sessions[TOWERS[0]].get_providers()[0])
+            reference, precision, sessions.__getitem__, logit_scale=manifest.logit_scale, provider=report.provider)
         report.rows += rows
         report.failures += failures
         if zero_shot is not None:

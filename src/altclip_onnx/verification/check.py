@@ -89,6 +89,7 @@ class VerifyReport:
     failures: list[str] = field(default_factory=list)
     fused_ops: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # tower -> precision -> op -> n
     extra: dict[str, Any] = field(default_factory=dict)
+    provider: str | None = None  # what ran the graphs, when it changes a gate (precisions.gate_for)
 
     @property
     def passed(self) -> bool:
@@ -108,7 +109,7 @@ class VerifyReport:
         return {
             "passed": self.passed,
             "failures": self.failures,
-            "gates": {name: dataclasses.asdict(p.gate) for name, p in PRECISIONS.items()},
+            "gates": {name: dataclasses.asdict(gate_for(name, self.provider)) for name in PRECISIONS},
             "rows": [dataclasses.asdict(r) for r in self.rows],
             "fused_ops": self.fused_ops,
             **self.extra,
