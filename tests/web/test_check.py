@@ -21,8 +21,8 @@ from .conftest import PRECISIONS, TIMEOUT, OpenPage, StaticServer
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_the_page_checks_itself_against_the_bundles_reference(precision: str, pages, tiny_bundle: Path) -> None:  # type: ignore[no-untyped-def]
-    """Every quick case runs in the browser; its least cosine per tower clears the gate and equals, within
-    1e-4, what the Python runtime's session gets on the same inputs. No GPU here: WebAssembly, and why not WebGPU."""
+    """Every quick case runs in the browser, and each of its rows alone; its least cosine per tower clears the
+    gate and equals, within 1e-4, what the Python runtime's session gets on the same inputs. No GPU here: WebAssembly, and why not WebGPU."""
     page: OpenPage = pages(precision)
     check, gate = page.info["check"], declared_precision(precision).gate
     assert page.info["backend"] == "wasm" and "WebGPU" in page.info["webgpu"]
@@ -39,6 +39,7 @@ def test_the_page_checks_itself_against_the_bundles_reference(precision: str, pa
             want = outputs[TOWER_OUTPUTS[tower][0]]
             runtime += list((got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1))
         assert check[tower]["min_cosine"] >= gate.min_cosine
+        assert check[tower]["batch_invariance"] >= gate.batch_invariance  # each row alone, as Encoder's check
         assert abs(check[tower]["min_cosine"] - min(runtime)) <= 1e-4, (check[tower], min(runtime))
         assert abs(check[tower]["mean_cosine"] - float(np.mean(runtime))) <= 1e-4
 
@@ -62,6 +63,26 @@ def test_a_site_whose_numbers_do_not_match_refuses_to_start(sites: dict[str, Pat
         page.wait_for_function("() => document.querySelector('#model-status').textContent.includes('did not load')",
                                timeout=TIMEOUT)
         assert page.is_disabled("#files")
+    finally:
+        page.close()
+        assert server.stop() == 0
+
+
+def test_a_site_whose_rows_alone_differ_from_their_batch_refuses_to_start(sites: dict[str, Path], browser,  # type: ignore[no-untyped-def]
+                                                                          tmp_path: Path) -> None:
+    """The batch test is a gate of its own: with the site's batch-invariance bound raised past what any
+    backend reaches (cosine 1 + 1e-6), ready rejects saying the vectors depend on the batch."""
+    site = tmp_path / "site"
+    shutil.copytree(sites["fp32"], site)
+    check = json.loads((site / "check.json").read_text())
+    check["batch_invariance"] = 1.000001
+    (site / "check.json").write_text(json.dumps(check))
+    server = StaticServer.start(site, tmp_path / "serve.log")
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        error = page.evaluate("async () => { try { await altclip.ready; return null } catch (e) { return e.message } }")
+        assert error is not None and "alone and inside its batch" in error and "vectors depend on the batch" in error, error
     finally:
         page.close()
         assert server.stop() == 0

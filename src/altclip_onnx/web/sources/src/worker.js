@@ -86,42 +86,60 @@ function cosine(a, b) {
 }
 
 // The reference cases on the loaded towers: per tower the least and the mean cosine of a row to PyTorch's,
-// held against the precision's gate (precisions.py, as the Python runtime's first-use check).
+// and the least cosine of a row run alone to the same row in its batch (a text alone without the batch's
+// padding), held against the precision's gate (precisions.py, as the Python runtime's first-use check).
 async function selfCheck(reference) {
-  const spec = site.image;
   const result = { passed: true, failure: null };
   for (const tower of ["visual", "textual"]) {
     const cosines = [];
+    let alone = [1, null];
     for (const item of reference[tower]) {
-      let output;
-      if (tower === "visual") {
-        const [n, size] = item.shape;
-        const squares = Uint8Array.from(atob(item.squares), (c) => c.charCodeAt(0));
-        const data = new Float32Array(n * 3 * size * size);
-        for (let i = 0; i < n; i++) {
-          normalizeSquare(squares.subarray(i * size * size * 3), spec, data, i * 3 * size * size);
-        }
-        ({ image_embeds: output } = await visionModel({ pixel_values: new Tensor("float32", data, [n, 3, size, size]) }));
-      } else {
-        const tensor = (rows) => new Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [rows.length, rows[0].length]);
-        ({ text_embeds: output } = await textModel({
-          input_ids: tensor(item.input_ids), attention_mask: tensor(item.attention_mask) }));
-      }
-      const rows = normalized(output);
+      const rows = await embedCase(tower, item);
       rows.forEach((row, r) => cosines.push([cosine(row, item.expected[r]), `${item.name} row ${r}`]));
+      for (let r = 0; rows.length > 1 && r < rows.length; r++) {
+        const [single] = await embedCase(tower, item, r);
+        const c = cosine(single, rows[r]);
+        if (c < alone[0]) alone = [c, `${item.name} row ${r}`];
+      }
     }
     const least = cosines.reduce((a, b) => (b[0] < a[0] ? b : a));
     const mean = cosines.reduce((sum, [c]) => sum + c, 0) / cosines.length;
-    result[tower] = { min_cosine: least[0], mean_cosine: mean, rows: cosines.length };
+    result[tower] = { min_cosine: least[0], mean_cosine: mean, rows: cosines.length, batch_invariance: alone[0] };
     if (result.passed && least[0] < reference.min_cosine) {
       result.passed = false;
       result.failure = `${tower} ${reference.precision} ${least[1]}: cosine ${least[0].toFixed(4)} < ${reference.min_cosine}`;
     } else if (result.passed && reference.mean_cosine !== null && mean < reference.mean_cosine) {
       result.passed = false;
       result.failure = `${tower} ${reference.precision}: mean cosine ${mean.toFixed(4)} < ${reference.mean_cosine}`;
+    } else if (result.passed && alone[0] < reference.batch_invariance) {
+      result.passed = false;
+      result.failure = `${tower} ${reference.precision} ${alone[1]}: alone and inside its batch, cosine ` +
+                       `${alone[0].toFixed(6)} < ${reference.batch_invariance}: vectors depend on the batch`;
     }
   }
   return result;
+}
+
+// One reference case through its tower (every row, or only row `only`, a text then without the batch's
+// padding), as L2-normalized rows.
+async function embedCase(tower, item, only = null) {
+  if (tower === "visual") {
+    const [n, size] = item.shape;
+    const squares = Uint8Array.from(atob(item.squares), (c) => c.charCodeAt(0));
+    const rows = only === null ? [...Array(n).keys()] : [only];
+    const data = new Float32Array(rows.length * 3 * size * size);
+    rows.forEach((row, i) => normalizeSquare(squares.subarray(row * size * size * 3), site.image, data, i * 3 * size * size));
+    const { image_embeds } = await visionModel({ pixel_values: new Tensor("float32", data, [rows.length, 3, size, size]) });
+    return normalized(image_embeds);
+  }
+  let ids = item.input_ids, mask = item.attention_mask;
+  if (only !== null) {
+    const length = mask[only].reduce((sum, m) => sum + m, 0);  // right-padded: the real tokens come first
+    [ids, mask] = [[ids[only].slice(0, length)], [mask[only].slice(0, length)]];
+  }
+  const tensor = (rows) => new Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [rows.length, rows[0].length]);
+  const { text_embeds } = await textModel({ input_ids: tensor(ids), attention_mask: tensor(mask) });
+  return normalized(text_embeds);
 }
 
 // Token ids as the Python runtime makes them: <s> ... </s>, at most max_length, </s> kept as the last one
