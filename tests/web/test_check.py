@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,45 +50,49 @@ def test_the_page_checks_itself_against_the_bundles_reference(precision: str, pa
         assert abs(check[tower]["mean_cosine"] - float(np.mean(runtime))) <= 1e-4
 
 
-def test_a_site_whose_numbers_do_not_match_refuses_to_start(sites: dict[str, Path], browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The stored vectors of the image cases swapped between rows (what a wrong kernel or preprocessing would
-    look like from the page's side): ready rejects naming the tower and the gate, and the page says so."""
+def refusal(sites: dict[str, Path], browser, tmp_path: Path, edit: Callable[[dict[str, Any]], None],  # type: ignore[no-untyped-def]
+            then: Callable[[Any], None] | None = None) -> str | None:
+    """What ``altclip.ready`` rejects with (None: it did not) on a copy of the fp32 site whose check.json
+    ``edit`` changed; ``then(page)`` runs before the page closes."""
     site = tmp_path / "site"
     shutil.copytree(sites["fp32"], site)
     check = json.loads((site / "check.json").read_text())
-    for case in check["visual"]:
-        case["expected"] = case["expected"][1:] + case["expected"][:1]
+    edit(check)
     (site / "check.json").write_text(json.dumps(check))
     server = StaticServer.start(site, tmp_path / "serve.log")
     page = browser.new_page()
     try:
         page.goto(server.url + "/")
         error = page.evaluate("async () => { try { await altclip.ready; return null } catch (e) { return e.message } }")
-        assert error is not None and "do not match the bundle's PyTorch reference" in error, error
-        assert "visual fp32" in error and "< 0.99999" in error, error
-        page.wait_for_function("() => document.querySelector('#model-status').textContent.includes('did not load')",
-                               timeout=TIMEOUT)
-        assert page.is_disabled("#files")
+        if then is not None:
+            then(page)
     finally:
         page.close()
         assert server.stop() == 0
+    return error
+
+
+def test_a_site_whose_numbers_do_not_match_refuses_to_start(sites: dict[str, Path], browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The stored vectors of the image cases swapped between rows (what a wrong kernel or preprocessing would
+    look like from the page's side): ready rejects naming the tower and the gate, and the page says so."""
+
+    def swap_rows(check: dict[str, Any]) -> None:
+        for case in check["visual"]:
+            case["expected"] = case["expected"][1:] + case["expected"][:1]
+
+    def says_so(page: Any) -> None:
+        page.wait_for_function("() => document.querySelector('#model-status').textContent.includes('did not load')",
+                               timeout=TIMEOUT)
+        assert page.is_disabled("#files")
+
+    error = refusal(sites, browser, tmp_path, swap_rows, says_so)
+    assert error is not None and "do not match the bundle's PyTorch reference" in error, error
+    assert "visual fp32" in error and "< 0.99999" in error, error
 
 
 def test_a_site_whose_rows_alone_differ_from_their_batch_refuses_to_start(sites: dict[str, Path], browser,  # type: ignore[no-untyped-def]
                                                                           tmp_path: Path) -> None:
     """The batch test is a gate of its own: with the site's batch-invariance bound raised past what any
     backend reaches (cosine 1 + 1e-6), ready rejects saying the vectors depend on the batch."""
-    site = tmp_path / "site"
-    shutil.copytree(sites["fp32"], site)
-    check = json.loads((site / "check.json").read_text())
-    check["batch_invariance"] = 1.000001
-    (site / "check.json").write_text(json.dumps(check))
-    server = StaticServer.start(site, tmp_path / "serve.log")
-    page = browser.new_page()
-    try:
-        page.goto(server.url + "/")
-        error = page.evaluate("async () => { try { await altclip.ready; return null } catch (e) { return e.message } }")
-        assert error is not None and "alone and inside its batch" in error and "vectors depend on the batch" in error, error
-    finally:
-        page.close()
-        assert server.stop() == 0
+    error = refusal(sites, browser, tmp_path, lambda check: check.update(batch_invariance=1.000001))
+    assert error is not None and "alone and inside its batch" in error and "vectors depend on the batch" in error, error
