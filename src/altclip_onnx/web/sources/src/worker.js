@@ -91,23 +91,29 @@ function cosine(a, b) {
 async function selfCheck(reference) {
   const result = { passed: true, failure: null };
   for (const tower of ["visual", "textual"]) {
-    const batched = tower === "visual";
     const cosines = [];
     let alone = [1, null];
     for (const item of reference[tower]) {
-      const rows = batched ? await embedCase(tower, item) : [];
-      for (let r = 0; !batched && r < item.expected.length; r++) rows.push(...await embedCase(tower, item, r));
-      rows.forEach((row, r) => cosines.push([cosine(row, item.expected[r]), `${item.name} row ${r}`]));
-      for (let r = 0; batched && rows.length > 1 && r < rows.length; r++) {
-        const [single] = await embedCase(tower, item, r);
-        const c = cosine(single, rows[r]);
-        if (c <= alone[0]) alone = [c, `${item.name} row ${r}`];
+      const rows = [];
+      if (tower === "visual") {
+        const all = [...Array(item.shape[0]).keys()];
+        rows.push(...await embedSquares(item, all));
+        for (const r of all.length > 1 ? all : []) {
+          const c = cosine((await embedSquares(item, [r]))[0], rows[r]);
+          if (c <= alone[0]) alone = [c, `${item.name} row ${r}`];
+        }
+      } else {
+        for (const [r, row] of item.input_ids.entries()) {
+          const length = item.attention_mask[r].reduce((sum, m) => sum + m, 0);  // right-padded
+          rows.push(await embedIds(row.slice(0, length)));
+        }
       }
+      rows.forEach((row, r) => cosines.push([cosine(row, item.expected[r]), `${item.name} row ${r}`]));
     }
     const least = cosines.reduce((a, b) => (b[0] < a[0] ? b : a));
     const mean = cosines.reduce((sum, [c]) => sum + c, 0) / cosines.length;
     result[tower] = { min_cosine: least[0], mean_cosine: mean, rows: cosines.length,
-                      batch_invariance: batched ? alone[0] : null };
+                      batch_invariance: tower === "visual" ? alone[0] : null };
     if (result.passed && least[0] < reference.min_cosine) {
       result.passed = false;
       result.failure = `${tower} ${reference.precision} ${least[1]}: cosine ${least[0].toFixed(4)} < ${reference.min_cosine}`;
@@ -123,26 +129,23 @@ async function selfCheck(reference) {
   return result;
 }
 
-// One reference case through its tower (every row, or only row `only`, a text then without the batch's
-// padding), as L2-normalized rows.
-async function embedCase(tower, item, only = null) {
-  if (tower === "visual") {
-    const [n, size] = item.shape;
-    const squares = Uint8Array.from(atob(item.squares), (c) => c.charCodeAt(0));
-    const rows = only === null ? [...Array(n).keys()] : [only];
-    const data = new Float32Array(rows.length * 3 * size * size);
-    rows.forEach((row, i) => normalizeSquare(squares.subarray(row * size * size * 3), site.image, data, i * 3 * size * size));
-    const { image_embeds } = await visionModel({ pixel_values: new Tensor("float32", data, [rows.length, 3, size, size]) });
-    return normalized(image_embeds);
-  }
-  let ids = item.input_ids, mask = item.attention_mask;
-  if (only !== null) {
-    const length = mask[only].reduce((sum, m) => sum + m, 0);  // right-padded: the real tokens come first
-    [ids, mask] = [[ids[only].slice(0, length)], [mask[only].slice(0, length)]];
-  }
-  const tensor = (rows) => new Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [rows.length, rows[0].length]);
-  const { text_embeds } = await textModel({ input_ids: tensor(ids), attention_mask: tensor(mask) });
-  return normalized(text_embeds);
+// Rows `rows` of a reference image case (its 8-bit squares) through the image tower, as L2-normalized rows.
+async function embedSquares(item, rows) {
+  const size = item.shape[1];
+  const squares = Uint8Array.from(atob(item.squares), (c) => c.charCodeAt(0));
+  const data = new Float32Array(rows.length * 3 * size * size);
+  rows.forEach((row, i) => normalizeSquare(squares.subarray(row * size * size * 3), site.image, data, i * 3 * size * size));
+  const { image_embeds } = await visionModel({ pixel_values: new Tensor("float32", data, [rows.length, 3, size, size]) });
+  return normalized(image_embeds);
+}
+
+// One text's token ids through the text tower, unpadded, as an L2-normalized row.
+async function embedIds(row) {
+  const { text_embeds } = await textModel({
+    input_ids: new Tensor("int64", BigInt64Array.from(row, BigInt), [1, row.length]),
+    attention_mask: new Tensor("int64", new BigInt64Array(row.length).fill(1n), [1, row.length]),
+  });
+  return normalized(text_embeds)[0];
 }
 
 // Token ids as the Python runtime makes them: <s> ... </s>, at most max_length, </s> kept as the last one
@@ -170,18 +173,11 @@ function normalized(tensor) {
 
 // One text at a time, each at its own length: the int8 text tower's vectors in a padded batch depend on the
 // batch here (onnxruntime-web's kernels round a padded text otherwise than the same text alone, and per-row
-// int8 carries that across rounding steps: the page's check found cosine 0.9992 on the full-size m18), so
-// texts are never padded and a text's vector is the same in every call.
+// int8 carries that across rounding steps; docs/web.md has the figure), so texts are never padded and a
+// text's vector is the same in every call.
 async function embedTexts(texts) {
   const out = [];
-  for (const text of texts) {
-    const row = ids(text);
-    const { text_embeds } = await textModel({
-      input_ids: new Tensor("int64", BigInt64Array.from(row, BigInt), [1, row.length]),
-      attention_mask: new Tensor("int64", new BigInt64Array(row.length).fill(1n), [1, row.length]),
-    });
-    out.push(...normalized(text_embeds));
-  }
+  for (const text of texts) out.push(await embedIds(ids(text)));
   return out;
 }
 
