@@ -92,17 +92,17 @@ def serve(bundle: str, db: str | None, host: str, port: int, health_port: int | 
 
     service = Service.open(bundle, db=db, provider=provider, precision=precision, threads=threads,
                            self_check=self_check(), options=options)
-    sockets = []
     try:
-        sockets.append(server.listen(host, port))
-        if health_port is not None:
-            sockets.append(server.listen(host, health_port, "--health-port"))
+        sock = server.listen(host, port)
     except BaseException:
-        for sock in sockets:
-            sock.close()
         service.close()
         raise
-    sock, health_sock = sockets[0], (sockets[1] if len(sockets) > 1 else None)
+    try:
+        health_sock = None if health_port is None else server.listen(host, health_port, "--health-port")
+    except BaseException:
+        sock.close()
+        service.close()
+        raise
     url = server.url(sock)
     click.echo(_banner(service, url), err=True)
     if health_sock is not None:
