@@ -110,6 +110,47 @@ def test_texts_match_transformers_and_pytorch(encoder: Encoder, ref: Reference, 
     assert max_offdiagonal_cosine(want) < 0.99
 
 
+class Unpadded:
+    """A real text session that, like OpenVINO's runtime, says texts share a batch only with texts of their own
+    length (``pads_texts = False``); it records every batch it is given."""
+
+    pads_texts = False
+
+    def __init__(self, session: object) -> None:
+        self.session, self.feeds = session, []
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.feeds.append(feed)
+        return self.session.run(names, feed)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_texts_batched_by_length_on_a_runtime_that_never_pads(tiny_bundle: Path, ref: Reference,
+                                                             monkeypatch: pytest.MonkeyPatch, batch_size: int) -> None:
+    from altclip_onnx.runtime import encoder as encoder_module
+
+    made: list[Unpadded] = []
+
+    def unpadded_session(*args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(Unpadded(encoder_module.make_session.__wrapped__(*args, **kwargs)))
+        return made[-1]
+
+    unpadded_session.__wrapped__ = encoder_module.make_session  # type: ignore[attr-defined]
+    monkeypatch.setattr(encoder_module, "make_session", unpadded_session)
+    encoder = Encoder(tiny_bundle, provider="cpu", precision="fp32", self_check=False)
+    got = encoder.encode_texts(PARITY_TEXTS, batch_size=batch_size)
+    assert cosines(got, ref["parity_text_features"]).min() >= MIN_COSINE
+    (session,) = made
+    lengths = encoder.token_counts(PARITY_TEXTS)
+    assert all(feed["attention_mask"].all() and len(feed["input_ids"]) <= batch_size for feed in session.feeds)
+    # Every text once, in as few batches of one length each as batch_size allows.
+    assert sum(len(feed["input_ids"]) for feed in session.feeds) == len(PARITY_TEXTS)
+    assert len(session.feeds) == sum(-(-int(np.sum(lengths == n)) // batch_size) for n in np.unique(lengths))
+    # A text alone gets the vector it got among the others.
+    for i in (0, len(PARITY_TEXTS) - 1):
+        np.testing.assert_allclose(encoder.encode_texts(PARITY_TEXTS[i]), got[i : i + 1], atol=1e-6)
+
+
 def test_odd_texts_and_single_string_match_pytorch(encoder: Encoder, ref: Reference) -> None:
     got = encoder.encode_texts(ODD_PARITY_TEXTS, batch_size=4)
     record("odd/empty/truncated texts", got, normalized(ref["odd_text_features"]))

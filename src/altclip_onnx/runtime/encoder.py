@@ -22,7 +22,7 @@ from .images import ImageInput, preprocess_batch
 from .profile import tuned_choice
 from .providers import choose_providers, make_session, resolve_provider_name
 from ..verification.selfcheck import ensure_verified
-from .text import check_texts, load_tokenizer, tokenize
+from .text import check_texts, load_tokenizer, pads_texts, tokenize, unpadded_batches
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +246,18 @@ class Encoder:
         texts = check_texts(texts)
         check_batch_size(batch_size)
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        output = tower_output(TEXTUAL, normalized=normalize)
+        session = self.session(TEXTUAL)
+        if not pads_texts(session):  # texts batched only with texts of their own length (see pads_texts)
+            for rows, inputs in unpadded_batches(self.tokenize(texts), batch_size):
+                out[rows] = session.run([output], inputs)[0]
+            return out
         # Sorting by length keeps padding (wasted work) small; results go back in the caller's order.
         lengths = [len(t) for t in texts]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
-        output = tower_output(TEXTUAL, normalized=normalize)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            inputs = self.tokenize([texts[i] for i in index])
-            out[index] = self.session(TEXTUAL).run([output], inputs)[0]
+            out[index] = session.run([output], self.tokenize([texts[i] for i in index]))[0]
         return out
 
     # --- images -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ and verification tokenizes with the same function, so there is one configuration
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,26 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
         INPUT_IDS: np.array([e.ids for e in encodings], dtype=np.int64),
         ATTENTION_MASK: np.array([e.attention_mask for e in encodings], dtype=np.int64),
     }
+
+
+def pads_texts(session: Any) -> bool:
+    """Whether ``session`` may run texts of different lengths in one padded batch. A runtime whose kernels round
+    a padded text otherwise than the same text alone says ``pads_texts = False`` (OpenVINO's runtime: per-row
+    int8 carries such a difference across its rounding steps); its texts then share a batch only with texts of
+    their own length, never padded (:func:`unpadded_batches`), so a text's vector is the same whatever else is
+    embedded with it, which the first-use check and verify hold it to."""
+    return bool(getattr(session, "pads_texts", True))
+
+
+def unpadded_batches(inputs: dict[str, np.ndarray], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Right-padded text ``inputs`` regrouped into batches of at most ``batch_size`` texts of one length each,
+    without padding: ``(which rows, their inputs)``, every row once."""
+    lengths = inputs[ATTENTION_MASK].sum(axis=1)
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            yield chunk, {name: value[chunk, :length] for name, value in inputs.items()}
 
 
 def check_texts(texts: str | Sequence[str], what: str = "text") -> list[str]:
