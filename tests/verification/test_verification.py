@@ -173,15 +173,57 @@ at 0.99999, can see)."""
 
     def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = self.session.run(names, feed)
-        ids = feed["input_ids"]
-        if ids.shape == (1, self.length):
-            direction = np.cos(np.arange(outputs[0].shape[-1]))
-            direction /= np.linalg.norm(direction)
-            outputs = [value + 0.01 * np.linalg.norm(value, axis=-1, keepdims=True) * direction for value in outputs]
-        return outputs
+        return nudged(outputs) if feed["input_ids"].shape == (1, self.length) else outputs
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.session, name)
+
+
+def nudged(outputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Every vector moved by 1% of its length (cosine about 0.99995: only the batch test, at 0.99999, sees it)."""
+    direction = np.cos(np.arange(outputs[0].shape[-1]))
+    direction /= np.linalg.norm(direction)
+    return [value + 0.01 * np.linalg.norm(value, axis=-1, keepdims=True) * direction for value in outputs]
+
+
+class OtherwiseWhen(AloneAtOneLength):
+    """A real text session whose vectors move whenever ``when(feed)`` holds, and which says whether texts of
+    different lengths may share a padded batch on it (``pads_texts``, as OpenVINO's runtime says it may not)."""
+
+    def __init__(self, session: object, when: object, pads_texts: bool) -> None:
+        self.session, self.when, self.pads_texts = session, when, pads_texts
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self.session.run(names, feed)
+        return nudged(outputs) if self.when(feed) else outputs  # type: ignore[operator]
+
+
+def padded(feed: dict[str, np.ndarray]) -> bool:
+    return not feed["attention_mask"].all()
+
+
+def with_others(feed: dict[str, np.ndarray]) -> bool:
+    return len(feed["input_ids"]) > 1
+
+
+@pytest.mark.parametrize("when, pads_texts, passes", [
+    (padded, True, False),  # a padded text computed otherwise, and padded batches formed: refused
+    (padded, False, True),  # the same, on a runtime that batches texts only by length: never padded, passes
+    # Unpadded, but the vector moves with other texts of its length: refused (the quick batch's texts differ in
+    # length, so only the batch of one length the check builds around each text can catch it).
+    (with_others, False, False),
+])
+def test_a_runtime_that_batches_texts_by_length_is_checked_the_way_it_runs(tiny_bundle: Path, tmp_path: Path, when,
+                                                                           pads_texts: bool, passes: bool) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    manifest = read_manifest(bundle)
+    encoder = Encoder(bundle, precision="fp32", self_check=False)
+    session = OtherwiseWhen(encoder.session(TEXTUAL), when, pads_texts)
+    if passes:
+        selfcheck.ensure_verified(bundle, manifest, TEXTUAL, "fp32", session)
+    else:
+        with pytest.raises(VerificationError, match="does not match the bundle's PyTorch reference here"):
+            selfcheck.ensure_verified(bundle, manifest, TEXTUAL, "fp32", session)
 
 
 def test_first_use_check_runs_every_row_of_its_batches_alone(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import ATTENTION_MASK, TEXTUAL, TOWER_OUTPUTS, TOWERS, VISUAL, tower_output
+from ..bundle import ATTENTION_MASK, INPUT_IDS, TEXTUAL, TOWER_OUTPUTS, TOWERS, VISUAL, tower_output
 from ..precisions import PRECISIONS, Gate, gate_for
+from ..runtime.text import pads_texts, unpadded_batches
 from .reference import Case, StoredReference
 
 Outputs = list[dict[str, np.ndarray]]
@@ -48,11 +49,36 @@ def single_row(inputs: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]
     return one
 
 
+def equal_length_batch(one: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """A text alone (``one``, no padding) first, then ``size - 1`` texts of its length made by rotating its inner
+    tokens: a batch to hold it in on a runtime that batches texts only by length (:func:`pads_texts`)."""
+    ids = one[INPUT_IDS][0]
+    inner = ids[1:-1]
+    mates = [np.concatenate([ids[:1], np.roll(inner, shift), ids[-1:]]) for shift in range(1, size)]
+    return {INPUT_IDS: np.stack([ids, *mates]), ATTENTION_MASK: np.ones((size, len(ids)), dtype=one[ATTENTION_MASK].dtype)}
+
+
+def run_batch(session: Any, tower: str, names: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs ``names`` for a batch, run the way the runtime side runs one on ``session``: texts regrouped by
+    length, unpadded, where the session does not pad texts."""
+    if tower != TEXTUAL or pads_texts(session):
+        return session.run(names, inputs)
+    size = len(inputs[INPUT_IDS])
+    outputs: list[np.ndarray] = []
+    for rows, batch in unpadded_batches(inputs, size):
+        for position, value in enumerate(session.run(names, batch)):
+            if len(outputs) == position:
+                outputs.append(np.empty((size, *value.shape[1:]), dtype=value.dtype))
+            outputs[position][rows] = value
+    return outputs
+
+
 def run_cases(session: Any, tower: str, cases: list[Case]) -> tuple[Outputs, float]:
     """Outputs of ``tower``'s cases (an empty dict for the other tower's), and the lowest cosine between a row
     of an ``alone`` case run by itself and the same row in its batch (1.0 when none ran). Every row: which
     padded lengths a runtime computes differently alone is its own business (OpenVINO with its bf16 hint gave
-    the same vector for the first row of the first text batch and not for four others)."""
+    the same vector for the first row of the first text batch and not for four others). On a session that
+    batches texts only by length, each text is also held in a batch of its length (:func:`equal_length_batch`)."""
     names = list(TOWER_OUTPUTS[tower])
     normalized = names[1]
     results: Outputs = [{} for _ in cases]
@@ -60,12 +86,16 @@ def run_cases(session: Any, tower: str, cases: list[Case]) -> tuple[Outputs, flo
     for i, case in enumerate(cases):
         if case.tower != tower:
             continue
-        results[i] = dict(zip(names, session.run(names, case.inputs)))
+        results[i] = dict(zip(names, run_batch(session, tower, names, case.inputs)))
         if not case.alone or case.size < 2:
             continue
         for row in range(case.size):
-            vector = session.run([normalized], single_row(case.inputs, row))[0]
+            one = single_row(case.inputs, row)
+            vector = session.run([normalized], one)[0]
             lowest = min(lowest, float(cosine_rows(vector, results[i][normalized][row : row + 1])[0]))
+            if tower == TEXTUAL and not pads_texts(session):
+                batched = session.run([normalized], equal_length_batch(one, case.size))[0]
+                lowest = min(lowest, float(cosine_rows(vector, batched[:1])[0]))
     return results, lowest
 
 
