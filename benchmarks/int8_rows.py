@@ -5,7 +5,8 @@ graph, and where per-row's time goes.
 
 Per tower, from the graph the bundle's int8 starts from (:data:`altclip_onnx.export.variants.RECIPES`), makes
 the per-row variant exactly as export does (``quantize_int8``) and onnxruntime's per-tensor one
-(``quantize_dynamic_int8``); times both interleaved (batch 1 and 8 images, 1 and 32 texts of 16 tokens);
+(``quantize_dynamic_int8``); times both interleaved (batch 1 and 8 images, 1 and 32 texts of 16 tokens),
+and with ``--openvino`` the per-row graph on OpenVINO's own runtime too (what ``tune`` may choose instead);
 then runs the per-row graph under onnxruntime's profiler and sums its node times by operator, with the
 integer GEMMs' achieved rate (2 x multiply-adds / their time) beside the rate the same kernel reaches on one
 large GEMM alone (the practical peak on this CPU and thread count). Graphs are kept in ``--work-dir`` and
@@ -26,6 +27,7 @@ import numpy as np
 BATCHES = {"visual": (1, 8), "textual": (1, 32)}
 GEMM = "MatMulIntegerToFloat"
 QUANTIZING = ("Abs", "ReduceMax", "Max", "Div", "QuantizeLinear")  # the per-row activation chain
+PER_ROW_OPENVINO = "per-row on OpenVINO"
 
 
 def main() -> None:
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--towers", default="visual,textual")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time the per-row graph on OpenVINO's runtime (the [openvino] extra)")
     parser.add_argument("--work-dir", type=Path, help="keep (and reuse) the graphs here [default: a temp folder]")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
@@ -96,8 +100,11 @@ def time_both(tower: str, per_row: Path, per_tensor: Path, args: argparse.Namesp
     from altclip_onnx.runtime.providers import make_session
 
     runners = {}
-    for name, path in (("per-row", per_row), ("per-tensor", per_tensor)):
-        session = make_session(path, provider="cpu", threads=args.threads, spinning=False)
+    candidates = [("per-row", per_row, "cpu"), ("per-tensor", per_tensor, "cpu")]
+    if args.openvino:
+        candidates.append((PER_ROW_OPENVINO, per_row, "openvino-runtime"))
+    for name, path, provider in candidates:
+        session = make_session(path, provider=provider, threads=args.threads, spinning=False)
         runners[name] = lambda inputs, s=session, n=TOWER_INPUTS[tower]: s.run(None, {k: inputs[k] for k in n})
     speeds: dict = {}
     for batch in BATCHES[tower]:
@@ -178,12 +185,18 @@ def gemm_peak(threads: int, say) -> float:  # type: ignore[no-untyped-def]
 def format_report(report: dict) -> str:
     from altclip_onnx.runtime import bench
 
+    openvino = any(PER_ROW_OPENVINO in speeds for data in report["towers"].values() for speeds in data["speeds"].values())
+    extra = (f" {PER_ROW_OPENVINO} (items/s) | {PER_ROW_OPENVINO} / per-tensor |", "---|---|") if openvino else ("", "")
     lines = [f"Machine: {bench.machine_line(report['machine'])}", "",
-             "| tower | batch | per-row (items/s) | per-tensor (items/s) | per-row / per-tensor |", "|---|---|---|---|---|"]
+             f"| tower | batch | per-row (items/s) | per-tensor (items/s) | per-row / per-tensor |{extra[0]}",
+             f"|---|---|---|---|---|{extra[1]}"]
     for tower, data in report["towers"].items():
         for batch, speeds in data["speeds"].items():
-            lines.append(f"| {tower} | {batch} | {speeds['per-row']:.2f} | {speeds['per-tensor']:.2f} | "
-                         f"{speeds['per-row'] / speeds['per-tensor']:.2f}x |")
+            row = (f"| {tower} | {batch} | {speeds['per-row']:.2f} | {speeds['per-tensor']:.2f} | "
+                   f"{speeds['per-row'] / speeds['per-tensor']:.2f}x |")
+            if openvino:
+                row += f" {speeds[PER_ROW_OPENVINO]:.2f} | {speeds[PER_ROW_OPENVINO] / speeds['per-tensor']:.2f}x |"
+            lines.append(row)
     lines += ["", f"Integer GEMM practical peak (1024 x 4096 x 4096 alone): {report['peak']:.3f} TOPS", ""]
     for tower, data in report["towers"].items():
         profile = data["profile"]
