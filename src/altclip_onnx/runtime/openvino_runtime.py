@@ -50,8 +50,8 @@ class OpenVINOSession:
     Each thread calling :meth:`run` gets its own infer request (a request is not thread-safe).
     """
 
-    # OpenVINO's float kernels round by sequence length, and per-row int8 carries a difference of 1e-6 across a
-    # rounding step: a text padded in a batch gave cosine 0.999 to the same text alone (benchmarks/README.md).
+    # OpenVINO's float kernels round by sequence length, and per-row int8 carries a float difference across a
+    # rounding step: a text padded in a batch got another vector than the same text alone (benchmarks/README.md).
     # Texts of one length batched unpadded give identical vectors, so texts are batched that way here.
     pads_texts = False
 
