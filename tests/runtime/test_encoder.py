@@ -130,12 +130,12 @@ def test_texts_batched_by_length_on_a_runtime_that_never_pads(tiny_bundle: Path,
     from altclip_onnx.runtime import encoder as encoder_module
 
     made: list[Unpadded] = []
+    make_session = encoder_module.make_session
 
     def unpadded_session(*args, **kwargs):  # type: ignore[no-untyped-def]
-        made.append(Unpadded(encoder_module.make_session.__wrapped__(*args, **kwargs)))
+        made.append(Unpadded(make_session(*args, **kwargs)))
         return made[-1]
 
-    unpadded_session.__wrapped__ = encoder_module.make_session  # type: ignore[attr-defined]
     monkeypatch.setattr(encoder_module, "make_session", unpadded_session)
     encoder = Encoder(tiny_bundle, provider="cpu", precision="fp32", self_check=False)
     got = encoder.encode_texts(PARITY_TEXTS, batch_size=batch_size)
