@@ -92,15 +92,13 @@ def serve(bundle: str, db: str | None, host: str, port: int, health_port: int | 
 
     service = Service.open(bundle, db=db, provider=provider, precision=precision, threads=threads,
                            self_check=self_check(), options=options)
+    sock = None
     try:
         sock = server.listen(host, port)
-    except BaseException:
-        service.close()
-        raise
-    try:
         health_sock = None if health_port is None else server.listen(host, health_port, "--health-port")
     except BaseException:
-        sock.close()
+        if sock is not None:
+            sock.close()
         service.close()
         raise
     url = server.url(sock)
