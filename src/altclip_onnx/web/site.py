@@ -119,7 +119,8 @@ def build_site(bundle: str | Path, destination: str | Path, write_model: Callabl
 def browser_check(bundle: Path, manifest: Manifest, precision: str) -> dict[str, Any]:
     """The first-use check for the page (docs/web.md): the bundle's quick reference cases, images as their 8-bit
     squares (base64, [N, S, S, 3]) and texts as token ids, with PyTorch's L2-normalized embeddings and the
-    precision's gate (cosines, and batch invariance: the page also runs each row alone). The page runs them on its backend before it embeds anything (its worker.js)."""
+    precision's gate (cosines, and batch invariance: the page also runs each row alone). The page runs them on
+    its backend before it embeds anything (its worker.js)."""
     reference = read_reference(bundle, manifest, quick_only=True)
     gate = declared_precision(precision).gate
     cases: dict[str, list[dict[str, Any]]] = {VISUAL: [], TEXTUAL: []}
