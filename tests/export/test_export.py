@@ -134,6 +134,36 @@ def test_image_tower_batches_match_pytorch(tiny_bundle: Path, transformers_check
     np.testing.assert_allclose(norm, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
 
 
+def test_last_image_layer_computes_the_class_token_alone(transformers_checkpoint: Path, tmp_path: Path) -> None:
+    # The pooled output reads one row of the last layer; computing that row alone must give the layer's
+    # own numbers, and the exported graph must really skip the other rows (its last MLP sees one row).
+    import onnx
+
+    model = fresh_model(transformers_checkpoint)
+    size = TINY_VISION["image_size"]
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    last = model.vision_model.encoder.layers[-1]
+    with torch.no_grad():
+        outputs = model.vision_model(pixel_values=pixels, output_hidden_states=True)
+        whole = outputs.last_hidden_state[:, 0]
+        alone = towers.class_token_of_layer(last, outputs.hidden_states[-2])
+        another_row = towers.class_token_of_layer(last, outputs.hidden_states[-2].roll(1, dims=1))
+    np.testing.assert_allclose(alone.numpy(), whole.numpy(), atol=1e-5 * max(1, whole.abs().max().item()))
+    assert not np.allclose(another_row.numpy(), whole.numpy(), atol=1e-3)
+
+    (path,) = towers.export_tower(model, VISUAL, tmp_path / "model.onnx")
+    proto = onnx.load(str(path))
+    assert "Gemm" not in {node.op_type for node in proto.graph.node}  # every Linear a MatMul, which int8 quantizes
+    up_projections = [node.output[0] for node in proto.graph.node if "mlp/fc1/" in node.name and node.op_type == "MatMul"]
+    assert len(up_projections) == TINY_VISION["num_hidden_layers"]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in up_projections)
+    onnx.save(proto, str(path))
+    pixels = np.zeros((2, 3, TINY_VISION["image_size"], TINY_VISION["image_size"]), np.float32)
+    outputs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(up_projections, {"pixel_values": pixels})
+    patches = (TINY_VISION["image_size"] // TINY_VISION["patch_size"]) ** 2
+    assert [output.shape[1] for output in outputs] == [patches + 1] * (len(outputs) - 1) + [1]
+
+
 @pytest.mark.parametrize("sequence", [1, 5, 77, 512])
 def test_text_tower_sequences_match_pytorch(tiny_bundle: Path, transformers_checkpoint: Path, sequence: int) -> None:
     model = fresh_model(transformers_checkpoint)

@@ -61,7 +61,9 @@ def test_manifest_records_accuracy_sizes_and_fusions(tiny_bundle: Path) -> None:
                 assert manifest.files[f].size > 0 and len(manifest.files[f].sha256) == 64
         assert "zero_shot_top1_agreement" in variants["int8"].accuracy
         fp32 = variants["fp32"].fused_ops
-        assert fp32.get("Attention", 0) == 2  # one per layer of the tiny model
+        # One per layer of the tiny model; the image tower's last layer computes the class token alone
+        # (export.towers), which is no pattern the fusion knows, and with one query row it gains nothing.
+        assert fp32.get("Attention", 0) == (1 if tower == VISUAL else 2)
         assert fp32.get("LayerNormalization", 0) > 0
         assert fp32.get("QuickGelu" if tower == VISUAL else "BiasGelu", 0) == 2
         int8 = variants["int8"].fused_ops

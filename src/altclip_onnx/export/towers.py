@@ -62,13 +62,26 @@ def tower_module(model: Any, tower: str) -> Any:
         return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True).clamp_min(1e-12)
 
     class VisualTower(torch.nn.Module):
+        """The vision model's own steps, except that its last layer computes the class token alone.
+
+        Only the class token of the last layer's output is pooled, and in that layer no token's output
+        depends on another's except through keys and values. So the last layer's query, attention output,
+        MLP and LayerNorms run on one row instead of every patch's, while keys and values still come from
+        every row: the same numbers, less work. No runtime's optimizer removes the dead rows by itself,
+        since they die only at the final slice.
+        """
+
         def __init__(self) -> None:
             super().__init__()
             self.vision_model = model.vision_model
             self.visual_projection = model.visual_projection
 
         def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+            vision = self.vision_model
+            # The last layer's input, through the model's own forward (its signature changed within
+            # transformers 5); the exporter drops the full last layer, whose outputs nothing reads.
+            hidden = vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
+            pooled = vision.post_layernorm(class_token_of_layer(vision.encoder.layers[-1], hidden))
             embeds = self.visual_projection(pooled)
             return embeds, normalized(embeds)
 
@@ -85,6 +98,30 @@ def tower_module(model: Any, tower: str) -> Any:
 
     module = VisualTower() if tower == VISUAL else TextualTower()
     return module.eval()
+
+
+def class_token_of_layer(layer: Any, hidden: Any) -> Any:
+    """A CLIP encoder layer's output for the first row of ``hidden`` (no mask), computing that row alone.
+
+    The steps are the layer's own modules and transformers' own eager attention, so they follow the
+    checkpoint's configuration (heads, scale, activation, LayerNorm epsilon)."""
+    from transformers.models.altclip.modeling_altclip import eager_attention_forward
+
+    attention = layer.self_attn
+    normed = layer.layer_norm1(hidden)
+    batch = hidden.shape[0]
+
+    def heads(states: Any) -> Any:  # (batch, rows, dim) -> (batch, heads, rows, head_dim)
+        return states.view(batch, -1, attention.num_heads, attention.head_dim).transpose(1, 2)
+
+    # The row axis stays (one row long) so every Linear exports as the MatMul the int8 pass quantizes,
+    # not as a 2-D Gemm it would leave in float.
+    queries = heads(attention.q_proj(normed[:, :1]))
+    keys = heads(attention.k_proj(normed))
+    values = heads(attention.v_proj(normed))
+    attended, _ = eager_attention_forward(attention, queries, keys, values, None, scaling=attention.scale)
+    token = hidden[:, :1] + attention.out_proj(attended.reshape(batch, 1, -1))
+    return (token + layer.mlp(layer.layer_norm2(token)))[:, 0]
 
 
 def dummy_inputs(model: Any, tower: str) -> tuple[Any, ...]:
