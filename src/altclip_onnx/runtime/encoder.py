@@ -18,16 +18,14 @@ from ..bundle import (PIXEL_VALUES, TEXTUAL, TOKENIZER, VISUAL, Manifest, ModelI
                       verify_files)
 from ..errors import BundleError, InputError
 from ..precisions import AUTO, PRECISION_NAMES, auto_order
-from .images import ImageInput, preprocess_batch
+from .images import IMAGE_BATCH_SIZE, ImageInput, preprocess_batch
 from .profile import tuned_choice
 from .providers import choose_providers, make_session, resolve_provider_name
 from ..verification.selfcheck import ensure_verified
-from .text import check_texts, load_tokenizer, pads_texts, tokenize, unpadded_batches
+from .text import TEXT_BATCH_SIZE, check_texts, load_tokenizer, pads_texts, tokenize, unpadded_batches
 
 log = logging.getLogger(__name__)
 
-IMAGE_BATCH_SIZE = 8  # images per model call, unless told otherwise (every layer's default)
-TEXT_BATCH_SIZE = 32  # texts per model call, likewise
 
 # Prompt ensembling as in CLIP: each label is embedded in several sentences and the normalized
 # embeddings are averaged. English templates work for labels in any language (AltCLIP was trained on

@@ -31,9 +31,10 @@ from typing import IO, Any, TypeVar, Union
 import numpy as np
 
 from ..errors import InputError, one_line
-from .encoder import IMAGE_BATCH_SIZE, TEXT_BATCH_SIZE, Encoder, check_batch_size, check_labels
-from .images import load_image, preprocess
+from .encoder import Encoder, check_batch_size, check_labels
+from .images import IMAGE_BATCH_SIZE, load_image, preprocess
 from .progress import Progress
+from .text import TEXT_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from ..bundle import ATTENTION_MASK, INPUT_IDS, TextSpec
 from ..errors import BundleError, InputError
 
 PAD_TOKEN = "<pad>"
+TEXT_BATCH_SIZE = 32  # texts per model call, unless told otherwise (every layer's default; the first-use check runs it)
 
 
 def configure(tokenizer: Any, spec: TextSpec, max_length: int | None = None) -> Any:
