@@ -1,6 +1,6 @@
 """What tests/openvino runs in .venv-openvino, where onnxruntime-openvino replaces onnxruntime.
 
-A standalone script: ``python jobs.py encode SPEC.json OUT.json``. It imports only the runtime (altclip_onnx,
+A standalone script: ``python jobs.py {encode,run} SPEC.json OUT.json``. It imports only the runtime (altclip_onnx,
 onnxruntime, numpy), never the test package, which is not installed in that venv.
 
 ``encode``: ``Encoder(spec["bundle"], provider="openvino", precision=spec["precision"])`` embeds
@@ -8,6 +8,8 @@ onnxruntime, numpy), never the test package, which is not installed in that venv
 profiles the Encoder's own sessions, so OUT.json says, per tower, which provider ran each node: onnxruntime
 hands OpenVINO the subgraphs it claims and runs the rest on its CPU provider without a word, and
 ``session.get_providers()`` lists OpenVINO either way.
+
+``run``: one ONNX model on a provider, arrays in and out as .npz files (the integer GEMM probe).
 """
 
 from __future__ import annotations
@@ -63,7 +65,21 @@ def encode(spec: dict, folder: Path) -> dict[str, Any]:
     return out
 
 
-JOBS = {"encode": encode}
+def run(spec: dict, folder: Path) -> dict[str, Any]:
+    """``spec["model"]`` on ``spec["provider"]``, loaded by the runtime's make_session as Encoder loads a tower,
+    fed the arrays of ``spec["inputs"]`` (.npz); its outputs go to ``spec["outputs"]`` (.npz, in order)."""
+    import numpy as np
+
+    from altclip_onnx.runtime.providers import make_session
+
+    session = make_session(spec["model"], provider=spec["provider"])
+    with np.load(spec["inputs"]) as feed:
+        outputs = session.run(None, dict(feed))
+    np.savez(spec["outputs"], *outputs)
+    return {"providers": session.get_providers()}
+
+
+JOBS = {"encode": encode, "run": run}
 
 
 def main(job: str, spec_path: str, out_path: str) -> None:

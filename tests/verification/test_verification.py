@@ -20,6 +20,8 @@ from altclip_onnx import Encoder, VerificationError
 from altclip_onnx.bundle import (MANIFEST, REFERENCE_FILES, TEXTUAL, VERIFIED_RECORD, VISUAL, read_manifest)
 from altclip_onnx.files import hash_file
 from altclip_onnx.precisions import PRECISIONS
+from altclip_onnx.runtime.images import IMAGE_BATCH_SIZE
+from altclip_onnx.runtime.text import TEXT_BATCH_SIZE
 from altclip_onnx.verification import selfcheck, verify_bundle
 from altclip_onnx.verification.reference import read_reference
 
@@ -239,6 +241,67 @@ def test_first_use_check_runs_every_row_of_its_batches_alone(tiny_bundle: Path, 
     with pytest.raises(VerificationError, match="alone and inside a batch .* vectors depend on the batch"):
         selfcheck.ensure_verified(bundle, manifest, TEXTUAL, "fp32", session)
     selfcheck.ensure_verified(bundle, manifest, TEXTUAL, "fp32", encoder.session(TEXTUAL))  # the real one passes
+
+
+TILE_ROWS = 32
+
+
+class WrongOnALastTileRow(AloneAtOneLength):
+    """A real text session that gets a text wrong (its vector negated) when the text's class token is the last
+    row of a 32-row tile of the [texts x tokens] rows the GEMMs run on, as onnxruntime 1.21-1.24's int8 GEMM did
+    on AMX CPUs (docs/limits.md): right alone, and in an 8-text batch at the quick case's length."""
+
+    def __init__(self, session: object) -> None:
+        self.session = session
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self.session.run(names, feed)
+        count, length = feed["input_ids"].shape
+        wrong = [row for row in range(count) if row * length % TILE_ROWS == TILE_ROWS - 1]
+        for value in outputs:
+            value[wrong] = -value[wrong]
+        return outputs
+
+
+class WrongPastRow(AloneAtOneLength):
+    """A real image session that gets every image past the first ``rows`` of a batch wrong (negated)."""
+
+    def __init__(self, session: object, rows: int) -> None:
+        self.session, self.rows = session, rows
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self.session.run(names, feed)
+        for value in outputs:
+            value[self.rows :] = -value[self.rows :]
+        return outputs
+
+
+
+def test_first_use_check_runs_texts_in_a_batch_of_the_encoders_size(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A text wrong only in a batch as large as the Encoder's is refused: the quick case's own batch of 8 (and
+    each text alone) come out right on that session, the check's batch of TEXT_BATCH_SIZE texts does not."""
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    manifest = read_manifest(bundle)
+    quick = next(c for c in read_reference(bundle, manifest, quick_only=True).cases if c.tower == TEXTUAL)
+    encoder = Encoder(bundle, precision="fp32", self_check=False)
+    real, session = encoder.session(TEXTUAL), WrongOnALastTileRow(encoder.session(TEXTUAL))
+    assert quick.size < TEXT_BATCH_SIZE
+    for got, expected in zip(session.run(["text_embeds"], quick.inputs), real.run(["text_embeds"], quick.inputs)):
+        np.testing.assert_array_equal(got, expected)  # the quick case alone cannot tell
+    with pytest.raises(VerificationError, match="alone and inside a batch .* vectors depend on the batch"):
+        selfcheck.ensure_verified(bundle, manifest, TEXTUAL, "fp32", session)
+    selfcheck.ensure_verified(bundle, manifest, TEXTUAL, "fp32", real)  # the real one passes
+
+
+def test_first_use_check_runs_images_in_a_batch_of_the_encoders_size(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    manifest = read_manifest(bundle)
+    quick = next(c for c in read_reference(bundle, manifest, quick_only=True).cases if c.tower == VISUAL)
+    assert quick.size < IMAGE_BATCH_SIZE
+    encoder = Encoder(bundle, precision="fp32", self_check=False)
+    with pytest.raises(VerificationError, match="alone and inside a batch .* vectors depend on the batch"):
+        selfcheck.ensure_verified(bundle, manifest, VISUAL, "fp32", WrongPastRow(encoder.session(VISUAL), quick.size))
+    selfcheck.ensure_verified(bundle, manifest, VISUAL, "fp32", encoder.session(VISUAL))
 
 
 def test_a_read_only_bundle_records_in_the_user_cache(read_only_bundle: Path, tmp_path: Path,

@@ -102,7 +102,8 @@ def check_bundle(
             report.fused_ops.setdefault(tower, {})[precision] = dict(manifest.towers[tower][precision].fused_ops)
         report.provider = sessions[TOWERS[0]].get_providers()[0]
         rows, failures, invariance[precision], zero_shot = check_precision(
-            reference, precision, sessions.__getitem__, logit_scale=manifest.logit_scale, provider=report.provider)
+            reference, precision, sessions.__getitem__, logit_scale=manifest.logit_scale, provider=report.provider,
+            pad_id=manifest.text.pad_id)
         report.rows += rows
         report.failures += failures
         if zero_shot is not None:
@@ -152,7 +153,8 @@ def verify_bundle(
         cases, crops = own_cases(folder, manifest, images, texts)
         fp32 = Encoder(folder, provider=provider, precision=FP32.name, threads=threads, check_files=False,
                        self_check=False, spinning=False)
-        own = OwnData(fp32_reference({tower: fp32.session(tower) for tower in TOWERS}, cases, crops),
+        sessions = {tower: fp32.session(tower) for tower in TOWERS}
+        own = OwnData(fp32_reference(sessions, cases, crops, manifest.text.pad_id),
                       [p for p in chosen if p != FP32.name], "the bundle's fp32 graphs on this machine")
     return check_and_report(folder, reference, own, manifest=manifest, precisions=precisions, provider=provider,
                             threads=threads, progress=progress)

@@ -5,7 +5,8 @@ export side. Gates are declared once, in :mod:`altclip_onnx.precisions`; this mo
 
 - per row and output: cosine and max |diff| to the reference (``min_cosine``, ``max_abs_rel``), and the
   mean cosine per tower (``mean_cosine``);
-- batch invariance: rows of the ``alone`` cases run again one at a time and must give the same vector;
+- batch invariance: rows of the ``alone`` cases run again one at a time (those of the ``quick`` cases once more
+  in a batch of the size the runtime side runs: :func:`full_batch`) and must give the same vector;
 - zero-shot agreement: each image's top label over the sentences (as labels) must agree with the
   reference's wherever the reference is confident. The gate counts at least ``zero_shot_min_cases``
   confident images and fails only when the disagreements are too many to be chance for a variant that
@@ -25,7 +26,8 @@ import numpy as np
 
 from ..bundle import ATTENTION_MASK, INPUT_IDS, TEXTUAL, TOWER_OUTPUTS, TOWERS, VISUAL, tower_output
 from ..precisions import PRECISIONS, Gate, gate_for
-from ..runtime.text import pads_texts, unpadded_batches
+from ..runtime.images import IMAGE_BATCH_SIZE
+from ..runtime.text import TEXT_BATCH_SIZE, pads_texts, unpadded_batches
 from .reference import Case, StoredReference
 
 Outputs = list[dict[str, np.ndarray]]
@@ -73,29 +75,57 @@ def run_batch(session: Any, tower: str, names: list[str], inputs: dict[str, np.n
     return outputs
 
 
-def run_cases(session: Any, tower: str, cases: list[Case]) -> tuple[Outputs, float]:
+BATCH_SIZES = {VISUAL: IMAGE_BATCH_SIZE, TEXTUAL: TEXT_BATCH_SIZE}
+
+
+def full_batch(inputs: dict[str, np.ndarray], tower: str, pad_id: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A batch of the size the runtime side runs (``BATCH_SIZES``) made of a case's rows over and over, and which
+    case row each of its rows is. Texts get an odd padded length: with 32 texts, their class tokens (the rows the
+    vectors come from) then fall on every row position of a 32-row GEMM tile. onnxruntime 1.21-1.24's int8 GEMM
+    on AMX CPUs got the last row of each such tile wrong (for some widths): an 8-row case, or an even length,
+    never showed it, while the Encoder's own batches did."""
+    size = len(next(iter(inputs.values())))
+    rows = np.arange(BATCH_SIZES[tower]) % size
+    batch = {name: value[rows] for name, value in inputs.items()}
+    if tower == TEXTUAL and batch[INPUT_IDS].shape[1] % 2 == 0:
+        batch = {INPUT_IDS: np.pad(batch[INPUT_IDS], ((0, 0), (0, 1)), constant_values=pad_id),
+                 ATTENTION_MASK: np.pad(batch[ATTENTION_MASK], ((0, 0), (0, 1)), constant_values=0)}
+    return batch, rows
+
+
+def run_cases(session: Any, tower: str, cases: list[Case], *, pad_id: int) -> tuple[Outputs, float]:
     """Outputs of ``tower``'s cases (an empty dict for the other tower's), and the lowest cosine between a row
-    of an ``alone`` case run by itself and the same row in its batch (1.0 when none ran). Every row: which
-    padded lengths a runtime computes differently alone is its own business (OpenVINO with its bf16 hint gave
-    the same vector for the first row of the first text batch and not for four others). On a session that
-    batches texts only by length, each text is also held in a batch of its length (:func:`equal_length_batch`)."""
+    of an ``alone`` case run by itself and the same row in its batch, or, for a ``quick`` case, in a batch of the
+    runtime side's size (:func:`full_batch`) (1.0 when none ran). Every row: which padded lengths a runtime computes differently
+    alone is its own business (OpenVINO with its bf16 hint gave the same vector for the first row of the first
+    text batch and not for four others). On a session that batches texts only by length, each text is held in
+    a batch of its length instead (:func:`equal_length_batch`), as the runtime side runs it. ``pad_id``: the
+    bundle's text padding id."""
     names = list(TOWER_OUTPUTS[tower])
     normalized = names[1]
     results: Outputs = [{} for _ in cases]
     lowest = 1.0
+    by_length = tower == TEXTUAL and not pads_texts(session)
     for i, case in enumerate(cases):
         if case.tower != tower:
             continue
         results[i] = dict(zip(names, run_batch(session, tower, names, case.inputs)))
         if not case.alone or case.size < 2:
             continue
+        alone = []
         for row in range(case.size):
             one = single_row(case.inputs, row)
             vector = session.run([normalized], one)[0]
+            alone.append(vector[0])
             lowest = min(lowest, float(cosine_rows(vector, results[i][normalized][row : row + 1])[0]))
-            if tower == TEXTUAL and not pads_texts(session):
-                batched = session.run([normalized], equal_length_batch(one, case.size))[0]
+            if by_length:
+                mates = TEXT_BATCH_SIZE if case.quick else case.size
+                batched = session.run([normalized], equal_length_batch(one, mates))[0]
                 lowest = min(lowest, float(cosine_rows(vector, batched[:1])[0]))
+        if case.quick and not by_length:  # quick cases only: 32 copies of the long texts would cost minutes
+            batch, rows = full_batch(case.inputs, tower, pad_id)
+            vectors = session.run([normalized], batch)[0]
+            lowest = min(lowest, float(cosine_rows(vectors, np.stack(alone)[rows]).min()))
     return results, lowest
 
 
@@ -301,13 +331,14 @@ def check_precision(
     towers: tuple[str, ...] = TOWERS,
     quick: bool = False,
     provider: str | None = None,
+    pad_id: int,
 ) -> tuple[list[Row], list[str], dict[str, float], dict[str, Any] | None]:
     """One precision against the reference: (rows, failures, lowest batch-invariance cosine per tower,
     zero-shot agreement or None).
 
     ``session_for(tower)`` gives the session to run. ``quick``: only the ``quick`` cases, each row also alone
     (the first-use check); no zero-shot check (too few images to gate on). ``provider``: what runs the sessions,
-    when it changes the gate (:func:`~altclip_onnx.precisions.gate_for`).
+    when it changes the gate (:func:`~altclip_onnx.precisions.gate_for`). ``pad_id``: the bundle's text padding id.
     """
     gate = gate_for(precision, provider)
     indices = [i for i, c in enumerate(reference.cases) if c.tower in towers and (c.quick or not quick)]
@@ -316,7 +347,7 @@ def check_precision(
     outputs: Outputs = [{} for _ in cases]
     invariance: dict[str, float] = {}
     for tower in towers:
-        ran, invariance[tower] = run_cases(session_for(tower), tower, cases)
+        ran, invariance[tower] = run_cases(session_for(tower), tower, cases, pad_id=pad_id)
         outputs = [o or r for o, r in zip(outputs, ran)]
     rows, failures = compare(cases, expected, outputs, precision, gate)
     for tower, lowest in invariance.items():

@@ -59,10 +59,10 @@ def own_cases(bundle: Path, manifest: Manifest, images: str | os.PathLike[str] |
     return cases, (np.stack(crops) if crops else np.zeros(shape, np.uint8))
 
 
-def fp32_reference(sessions: dict[str, object], cases: list[Case], crops: np.ndarray) -> StoredReference:
+def fp32_reference(sessions: dict[str, object], cases: list[Case], crops: np.ndarray, pad_id: int) -> StoredReference:
     """The bundle's fp32 graphs' outputs on ``cases``, as the reference for the other precisions."""
     outputs: Outputs = [{} for _ in cases]
     for tower, session in sessions.items():
-        ran, _ = run_cases(session, tower, cases)
+        ran, _ = run_cases(session, tower, cases, pad_id=pad_id)
         outputs = [o or r for o, r in zip(outputs, ran)]
     return StoredReference(cases, outputs, crops)

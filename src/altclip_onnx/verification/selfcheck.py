@@ -184,7 +184,7 @@ def ensure_verified(bundle: Path, manifest: Manifest, tower: str, precision: str
     reference = read_reference(bundle, manifest, towers=(tower,), quick_only=True)
     rows, failures, _, _ = check_precision(reference, precision, lambda _tower: session,
                                            logit_scale=manifest.logit_scale, towers=(tower,), quick=True,
-                                           provider=provider)
+                                           provider=provider, pad_id=manifest.text.pad_id)
     seconds = time.perf_counter() - started
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
