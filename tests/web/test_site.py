@@ -11,6 +11,7 @@ import base64
 import json
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from PIL import Image
 from altclip_onnx import Encoder, Index
 
 from ..cases import LONG_TEXT, ODD_TEXTS, PARITY_TEXTS
-from .conftest import PRECISIONS, OpenPage
+from .conftest import PRECISIONS, OpenPage, StaticServer
 
 # Texts whose ids must equal the runtime's: the 36 sentences (18 languages), the odd texts but the family emoji
 # (transformers.js' tokenizer turns its zero-width joiners into spaces: docs/clients.md), one past max_length.
@@ -222,11 +223,15 @@ def test_indexing_through_the_page_and_search_ranking(precision: str, pages, enc
     first = page.page.get_attribute("#results li:first-child img", "src")
     assert first.startswith("blob:" + page.origin)
     page.page.screenshot(path=str(screenshot_dir / f"web-search-{precision}.png"), full_page=True)
-    page.page.set_input_files("#search-file", str(library[2]))  # search by photo, through the page
-    page.page.wait_for_function(f"() => document.querySelector('#results li:first-child .path').textContent === "
-                                f"'{library[2].name}'")
-    assert page.page.inner_text("#results li:first-child .path") == page.call(
-        "async (q) => (await altclip.search(q, 1))[0].name", QUERIES[0])
+    shown = page.page.eval_on_selector_all("#results li .path", "items => items.map((item) => item.textContent)")
+    assert shown == [hit["name"] for hit in page.call("([q, k]) => altclip.search(q, k)", [QUERIES[0], len(library)])]
+    page.files([library[2]])  # search by photo, through the page: it lists searchByImage's ranking
+    ranked = [hit["name"] for hit in page.call("async (k) => await altclip.searchByImage(window.__files[0], k)",
+                                               len(library))]
+    assert ranked[0] == library[2].name and ranked != shown  # else the wait below could not tell them apart
+    page.page.set_input_files("#search-file", str(library[2]))
+    page.page.wait_for_function("""(ranked) => JSON.stringify([...document.querySelectorAll('#results li .path')]
+        .map((item) => item.textContent)) === JSON.stringify(ranked)""", arg=ranked)
 
 
 def test_the_model_files_report_their_progress(precision: str, pages) -> None:  # type: ignore[no-untyped-def]
@@ -254,16 +259,19 @@ def test_the_page_fits_a_phone(precision: str, pages, screenshot_dir: Path) -> N
 
 def test_a_reload_resumes_from_the_caches(precision: str, pages, library) -> None:  # type: ignore[no-untyped-def]
     """Cache Storage keeps the model's files and onnxruntime-web's under their (versioned) URLs: a reload
-    downloads none of them again. IndexedDB keeps the photos' vectors and thumbnails: a reload embeds nothing,
-    searches the same, and choosing the same photos again embeds none of them."""
+    downloads none of them again, but those the page said this browser did not keep (none, unless the disk is
+    nearly full: test_a_browser_that_keeps_too_little_says_so). IndexedDB keeps the photos' vectors and
+    thumbnails: a reload embeds nothing, searches the same, and choosing the same photos again embeds none."""
     page: OpenPage = pages(precision)
+    site = json.loads(urllib.request.urlopen(page.origin + "/site.json").read())
+    assert page.info["offline"]["files"] == len(site["model_files"]) + len(site["wasm"])
     ranked = page.call("([q, k]) => altclip.search(q, k)", [QUERIES[1], len(library)])
     before = len(page.requests)
     page.page.reload()
     info = page.call("async () => await altclip.ready")
     assert info["precision"] == precision and info["photos"] == len(library)
-    again = [url for url in page.requests[before:] if "/models/" in url or "/ort/" in url]
-    assert again == [] and len(page.requests) > before
+    assert set(downloads(page.requests[before:])) == set(page.info["offline"]["missing"])
+    assert len(page.requests) > before
     assert page.call("() => altclip.stats") == {"embedded": 0, "restored": len(library)}
     assert page.call("([q, k]) => altclip.search(q, k)", [QUERIES[1], len(library)]) == ranked
     page.page.fill("#q", QUERIES[1])
@@ -273,6 +281,40 @@ def test_a_reload_resumes_from_the_caches(precision: str, pages, library) -> Non
     page.page.set_input_files("#files", [str(p) for p in library])
     page.page.wait_for_function("() => altclip.photos.every(p => p.file !== null)")
     assert page.call("() => altclip.stats.embedded") == 0
+
+
+def downloads(urls: list[str]) -> list[str]:
+    """The paths of the model's and onnxruntime-web's files among requested ``urls``."""
+    return [urlparse(url).path for url in urls if "/models/" in url or "/ort/" in url]
+
+
+def test_a_browser_that_keeps_too_little_says_so(precision: str, browser, sites,  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
+    """Where the browser refuses to keep a file (here a small quota for the site, set through Chromium's DevTools
+    protocol; on a nearly full disk, any), the page says so, works, and the next visit downloads exactly the
+    files it said were not kept."""
+    site = json.loads((sites[precision] / "site.json").read_text(encoding="utf-8"))
+    wasm = sites[precision] / site["wasm"]["wasm"]
+    quota = sum(site["model_files"].values()) + wasm.stat().st_size // 2  # the model fits, the WebAssembly not
+    server = StaticServer.start(sites[precision], tmp_path / "server.log")  # another port: an origin of its own
+    page = browser.new_page()
+    try:
+        browser.new_cdp_session(page).send("Storage.overrideQuotaForOrigin", {"origin": server.url, "quotaSize": quota})
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(server.url + "/")
+        info = page.evaluate("async () => await altclip.ready")
+        assert "/" + site["wasm"]["wasm"] in info["offline"]["missing"]
+        status = page.inner_text("#model-status")
+        assert f"did not keep {len(info['offline']['missing'])} of its {info['offline']['files']} files" in status
+        assert len(page.evaluate("(q) => altclip.search(q, 3)", QUERIES[0])) == 0  # it works: no photos yet
+        before = len(requests)
+        page.reload()
+        page.evaluate("async () => await altclip.ready")
+        assert set(downloads(requests[before:])) == set(info["offline"]["missing"])
+    finally:
+        page.close()
+        assert server.stop() == 0
 
 
 def test_a_folder_chosen_again_drops_its_removed_photos(precision: str, pages, library) -> None:  # type: ignore[no-untyped-def]

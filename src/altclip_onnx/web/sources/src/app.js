@@ -3,7 +3,9 @@
 // and exposes window.altclip:
 //   await altclip.ready                      -> {name, precision, embeddingDim, backend ("wasm" or "webgpu"),
 //                                               check (the reference check's cosines per tower), webgpu (why
-//                                               not, when not), crossOriginIsolated, threads}
+//                                               not, when not), crossOriginIsolated, threads, offline
+//                                               ({files, missing: paths this browser did not keep in Cache
+//                                               Storage, usage, quota})}
 //   await altclip.tokenize(texts)            -> token ids per text (as the Python runtime's)
 //   await altclip.embedTexts(texts)          -> L2-normalized vectors (Float32Array per text)
 //   await altclip.embedImages(filesOrBlobs)  -> L2-normalized vectors per image
@@ -241,6 +243,8 @@ window.altclip = {
 const $ = (id) => document.getElementById(id);
 const RESULTS = 24;
 
+const mb = (bytes) => (bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0);
+
 function setStatus(element, text, error = false) {
   element.textContent = text;
   element.classList.toggle("error", error);
@@ -251,7 +255,6 @@ let expectedBytes = 0;  // the model folder's files (site.json), known before th
 config.then((site) => { expectedBytes = Object.values(site.model_files || {}).reduce((sum, n) => sum + n, 0); });
 function showLoading() {
   if (modelReady || !loading.total) return;
-  const mb = (bytes) => (bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0);
   setStatus($("model-status"), `Loading the model: ${mb(loading.loaded)} of ${mb(Math.max(loading.total, expectedBytes))} MB (kept in this ` +
             "browser afterwards, so later visits read it from there)…");
 }
@@ -330,7 +333,11 @@ function setUp() {
     modelReady = true;
     const backend = info.backend === "webgpu" ? "WebGPU" : "WebAssembly";
     $("model").textContent = `${info.name} · ${info.precision} · ${backend} · on this device`;
-    setStatus(status, "The model is loaded. Add photos: they stay on this device.");
+    const { missing, usage, quota } = info.offline;
+    const kept = missing.length === 0 ? "" : ` This browser did not keep ${missing.length} of its ${info.offline.files} ` +
+      `files for the next visit (site storage: ${mb(usage ?? 0)} of ${mb(quota ?? 0)} MB used): the next visit ` +
+      "downloads them again. Free some disk space to keep them.";
+    setStatus(status, `The model is loaded. Add photos: they stay on this device.${kept}`, missing.length > 0);
     for (const id of ["folder", "files"]) $(id).disabled = false;
     showRescan();
     if (photos.size) {

@@ -29,7 +29,29 @@ function progress(event) {
   self.postMessage({ loading: { file: event.file, loaded: event.loaded, total: event.total } });
 }
 
+// The model loaded, checked, and what this browser kept of it for the next visit.
 async function init({ base, config }) {
+  const loaded = await loadAndCheck({ base, config });
+  return { ...loaded, offline: await keptOffline(base, config) };
+}
+
+// Which of the files a visit downloads (the model's, onnxruntime-web's) this browser kept in Cache Storage. It
+// may refuse them (a disk nearly full, a small quota for the site): the next visit then downloads those again,
+// and the page says so instead of promising otherwise. usage and quota: navigator.storage.estimate()'s bytes.
+async function keptOffline(base, config) {
+  const wanted = [config.wasm.wasm, config.wasm.mjs,
+                  ...Object.keys(config.model_files).map((file) => `models/${config.model}/${file}`)]
+    .map((path) => new URL(path, base).pathname);
+  const kept = new Set();
+  for (const name of await caches.keys()) {
+    for (const request of await (await caches.open(name)).keys()) kept.add(new URL(request.url).pathname);
+  }
+  const estimate = await navigator.storage?.estimate?.().catch(() => null);
+  return { files: wanted.length, missing: wanted.filter((path) => !kept.has(path)),
+           usage: estimate?.usage ?? null, quota: estimate?.quota ?? null };
+}
+
+async function loadAndCheck({ base, config }) {
   site = config;
   env.allowRemoteModels = false;
   env.allowLocalModels = true;
@@ -102,6 +124,13 @@ async function selfCheck(reference) {
           const c = cosine((await embedSquares(item, [r]))[0], rows[r]);
           if (c <= alone[0]) alone = [c, `${item.name} row ${r}`];
         }
+        // And in a batch of the size the page embeds, its rows over and over (a kernel may go wrong on a row
+        // only a fuller batch reaches).
+        const filled = [...Array(IMAGE_BATCH).keys()].map((i) => all[i % all.length]);
+        (await embedSquares(item, filled)).forEach((vector, i) => {
+          const c = cosine(vector, rows[filled[i]]);
+          if (c <= alone[0]) alone = [c, `${item.name} row ${filled[i]} in a batch of ${IMAGE_BATCH}`];
+        });
       } else {
         for (const [r, row] of item.input_ids.entries()) {
           const length = item.attention_mask[r].reduce((sum, m) => sum + m, 0);  // right-padded
