@@ -46,7 +46,8 @@ def main() -> None:
                 load.setdefault((tower, precision), []).append(time.perf_counter() - started)
                 started = time.perf_counter()
                 _, failures, _, _ = check_precision(reference, precision, lambda _tower: session,
-                                                    logit_scale=manifest.logit_scale, towers=(tower,), quick=True)
+                                                    logit_scale=manifest.logit_scale, towers=(tower,), quick=True,
+                                                    pad_id=manifest.text.pad_id)
                 check.setdefault((tower, precision), []).append(time.perf_counter() - started)
                 if failures:
                     print(f"note: {tower} {precision} failed its check here: {failures[0]}")
