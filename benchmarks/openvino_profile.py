@@ -24,11 +24,11 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--precision", default="int8")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--peak-tops", type=float, help="the machine's int8 peak, from machine_peaks.c")
+    parser.add_argument("--precision", default="int8", help="the variant to profile [default: int8]")
+    parser.add_argument("--threads", type=int, default=2, help="OpenVINO's inference threads [default: 2]")
+    parser.add_argument("--tokens", type=int, default=16, help="the text's length [default: 16]")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs after two warm-up runs [default: 20]")
     args = parser.parse_args()
 
     import openvino
