@@ -276,7 +276,6 @@ class WrongPastRow(AloneAtOneLength):
         return outputs
 
 
-
 def test_first_use_check_runs_texts_in_a_batch_of_the_encoders_size(tiny_bundle: Path, tmp_path: Path) -> None:
     """A text wrong only in a batch as large as the Encoder's is refused: the quick case's own batch of 8 (and
     each text alone) come out right on that session, the check's batch of TEXT_BATCH_SIZE texts does not."""

@@ -24,7 +24,7 @@ from ..errors import InputError
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
-IMAGE_BATCH_SIZE = 8  # images per model call, unless told otherwise (every layer's default; the first-use check runs it)
+IMAGE_BATCH_SIZE = 8  # images per model call unless told otherwise (every layer's default; the first-use check runs it)
 # Above this many pixels the full shortest-edge resize is not computed; only the crop window is
 # (see _resize). It is reached only by absurd aspect ratios (about 670:1 at 224), where the full
 # resize would need gigabytes: a 1 x 100000 PNG would become 224 x 22400000.

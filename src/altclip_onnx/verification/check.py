@@ -96,11 +96,11 @@ def full_batch(inputs: dict[str, np.ndarray], tower: str, pad_id: int) -> tuple[
 def run_cases(session: Any, tower: str, cases: list[Case], *, pad_id: int) -> tuple[Outputs, float]:
     """Outputs of ``tower``'s cases (an empty dict for the other tower's), and the lowest cosine between a row
     of an ``alone`` case run by itself and the same row in its batch, or, for a ``quick`` case, in a batch of the
-    runtime side's size (:func:`full_batch`) (1.0 when none ran). Every row: which padded lengths a runtime computes differently
-    alone is its own business (OpenVINO with its bf16 hint gave the same vector for the first row of the first
-    text batch and not for four others). On a session that batches texts only by length, each text is held in
-    a batch of its length instead (:func:`equal_length_batch`), as the runtime side runs it. ``pad_id``: the
-    bundle's text padding id."""
+    runtime side's size (:func:`full_batch`) (1.0 when none ran). Every row: which padded lengths a runtime
+    computes differently alone is its own business (OpenVINO with its bf16 hint gave the same vector for the
+    first row of the first text batch and not for four others). On a session that batches texts only by
+    length, each text is held in a batch of its length instead (:func:`equal_length_batch`), as the runtime
+    side runs it. ``pad_id``: the bundle's text padding id."""
     names = list(TOWER_OUTPUTS[tower])
     normalized = names[1]
     results: Outputs = [{} for _ in cases]
