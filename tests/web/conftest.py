@@ -156,21 +156,29 @@ class OpenPage:
         return "window.__files"
 
 
+def open_site(browser, origin: str,  # type: ignore[no-untyped-def]
+              prepare: Callable[[object], None] = lambda page: None) -> OpenPage:
+    """The site at ``origin`` in a new tab that records every request (the workers' too) and page error, once
+    ``altclip.ready``; ``prepare(page)`` runs before it loads."""
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT)
+    state = OpenPage(page, origin)
+    page.on("request", lambda request: state.requests.append(request.url))
+    page.on("pageerror", lambda error: state.errors.append(str(error)))
+    prepare(page)
+    page.goto(state.origin + "/")
+    state.info = page.evaluate("async () => await altclip.ready")
+    return state
+
+
 @pytest.fixture(scope="session")
 def pages(browser, servers: dict[str, StaticServer]) -> Callable[[str], OpenPage]:  # type: ignore[no-untyped-def]
-    """The site at a precision, open in a tab that records every request (the workers' too) and page error."""
+    """The site at a precision, open in a tab (:func:`open_site`), one per precision for the session."""
     opened: dict[str, OpenPage] = {}
 
     def open_page(precision: str) -> OpenPage:
         if precision not in opened:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT)
-            state = OpenPage(page, servers[precision].url)
-            page.on("request", lambda request: state.requests.append(request.url))
-            page.on("pageerror", lambda error: state.errors.append(str(error)))
-            page.goto(state.origin + "/")
-            state.info = page.evaluate("async () => await altclip.ready")
-            opened[precision] = state
+            opened[precision] = open_site(browser, servers[precision].url)
         return opened[precision]
 
     return open_page

@@ -20,7 +20,7 @@ from PIL import Image
 from altclip_onnx import Encoder, Index
 
 from ..cases import LONG_TEXT, ODD_TEXTS, PARITY_TEXTS
-from .conftest import PRECISIONS, OpenPage, StaticServer
+from .conftest import PRECISIONS, OpenPage, StaticServer, open_site
 
 # Texts whose ids must equal the runtime's: the 36 sentences (18 languages), the odd texts but the family emoji
 # (transformers.js' tokenizer turns its zero-width joiners into spaces: docs/clients.md), one past max_length.
@@ -297,23 +297,23 @@ def test_a_browser_that_keeps_too_little_says_so(precision: str, browser, sites,
     wasm = sites[precision] / site["wasm"]["wasm"]
     quota = sum(site["model_files"].values()) + wasm.stat().st_size // 2  # the model fits, the WebAssembly not
     server = StaticServer.start(sites[precision], tmp_path / "server.log")  # another port: an origin of its own
-    page = browser.new_page()
+    quota_override = {"origin": server.url, "quotaSize": quota}
+    page = None
     try:
-        browser.new_cdp_session(page).send("Storage.overrideQuotaForOrigin", {"origin": server.url, "quotaSize": quota})
-        requests: list[str] = []
-        page.on("request", lambda request: requests.append(request.url))
-        page.goto(server.url + "/")
-        info = page.evaluate("async () => await altclip.ready")
-        assert "/" + site["wasm"]["wasm"] in info["offline"]["missing"]
-        status = page.inner_text("#model-status")
-        assert f"did not keep {len(info['offline']['missing'])} of its {info['offline']['files']} files" in status
-        assert len(page.evaluate("(q) => altclip.search(q, 3)", QUERIES[0])) == 0  # it works: no photos yet
-        before = len(requests)
-        page.reload()
-        page.evaluate("async () => await altclip.ready")
-        assert set(downloads(requests[before:])) == set(info["offline"]["missing"])
+        page = open_site(browser, server.url,
+                         lambda tab: browser.new_cdp_session(tab).send("Storage.overrideQuotaForOrigin", quota_override))
+        missing = page.info["offline"]["missing"]
+        assert "/" + site["wasm"]["wasm"] in missing
+        status = page.page.inner_text("#model-status")
+        assert f"did not keep {len(missing)} of its {page.info['offline']['files']} files" in status
+        assert len(page.call("(q) => altclip.search(q, 3)", QUERIES[0])) == 0  # it works: no photos yet
+        before = len(page.requests)
+        page.page.reload()
+        page.call("async () => await altclip.ready")
+        assert set(downloads(page.requests[before:])) == set(missing)
     finally:
-        page.close()
+        if page is not None:
+            page.page.close()
         assert server.stop() == 0
 
 
